@@ -1,0 +1,5 @@
+import sys
+
+from rlir.cli import main
+
+sys.exit(main())

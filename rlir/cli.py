@@ -1,0 +1,140 @@
+"""The `rlir` command line: one entry point, one verb per job (DESIGN.md Contract 4)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from rlir.errors import ConfigError, RlirError
+
+log = logging.getLogger("rlir")
+
+
+def _resolution(text: str) -> tuple[int, int]:
+    """'48x64' (HxW) -> (48, 64)."""
+    try:
+        h, w = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"resolution must be HxW, e.g. 48x64, got {text!r}") from None
+    return h, w
+
+
+def _add_config_args(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--config", default=default, help=f"YAML config file (default: {default})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set policy.jump_rate=0.1 (repeatable)")
+
+
+def cmd_collect(a) -> int:
+    from rlir.config import load_config
+    from rlir.data.collect import CollectConfig, collect
+    from rlir.data.stats import dataset_stats, format_stats
+    maps = [m for m in a.map.split(",") if m] if a.map else None
+    cfg = load_config(CollectConfig, a.config, a.overrides, out=a.out, episodes=a.episodes, frames=a.frames,
+                      seed=a.seed, maps=maps, workers=a.workers, resolution=a.resolution)
+    res = collect(cfg, progress=not a.quiet)
+    print(f"collected {res['frames_written']} frames in {res['elapsed_s']:.1f}s "
+          f"({res['fps']:.0f} frames/s) into {cfg.out}")
+    if a.stats:
+        print(format_stats(dataset_stats(cfg.out)))
+    return 0
+
+
+def cmd_data_stats(a) -> int:
+    from rlir.data.stats import dataset_stats, format_stats
+    s = dataset_stats(a.dir, progress=not a.quiet)
+    if a.json == "-":
+        print(json.dumps(s, indent=2))
+    else:
+        print(format_stats(s))
+        if a.json:
+            from rlir.utils.io import atomic_write_json
+            atomic_write_json(a.json, s)
+            print(f"wrote {a.json}")
+    return 0
+
+
+def cmd_data_convert_vpt(a) -> int:
+    from rlir.data.vpt import convert_vpt
+    res = convert_vpt(a.src, a.out, resolution=a.resolution, progress=not a.quiet)
+    print(f"converted {res['recordings']} recordings: kept {res['kept']} of {res['raw_frames']} frames "
+          f"(dropped static {res['static']}, GUI open {res['invalid']}, short {res['short']}) into {a.out}")
+    return 0
+
+
+def cmd_demo(a) -> int:
+    """The main job on the embedded default. For now: collect ViZDoom data and summarise it."""
+    from rlir.config import load_config
+    from rlir.data.collect import CollectConfig, collect
+    from rlir.data.stats import dataset_stats, format_stats
+    from rlir.utils.io import atomic_write_json
+    run = Path(a.run)
+    episodes = 12 if a.smoke else a.episodes
+    cfg = load_config(CollectConfig, a.config, a.overrides, out=str(run / "data"), episodes=episodes)
+    res = collect(cfg, progress=not a.quiet)
+    s = dataset_stats(cfg.out)
+    atomic_write_json(run / "data_stats.json", s)
+    print(format_stats(s))
+    print(f"\ncollection: {res['fps']:.0f} frames/s; dataset in {cfg.out}; summary in {run / 'data_stats.json'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rlir", description="RL with inverse (IDM) rewards for video world models.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="verb", metavar="VERB")
+    sub.required = True
+
+    c = sub.add_parser("collect", help="record ViZDoom gameplay into an episode store")
+    c.add_argument("--out", required=True, help="dataset directory (resumes if it exists)")
+    c.add_argument("--episodes", type=int, help="recordings to play (default 200)")
+    c.add_argument("--frames", type=int, help="frames per recording before preprocessing (default 300)")
+    c.add_argument("--seed", type=int, help="collection seed (default 0)")
+    c.add_argument("--map", help="map(s), comma-separated: map01 or wad:map, e.g. freedoom1:e1m1")
+    c.add_argument("--workers", type=int, help="parallel game processes (default 2)")
+    c.add_argument("--resolution", type=_resolution, help="stored frame size HxW (default 48x64; paper 224x384)")
+    c.add_argument("--stats", action="store_true", help="print the dataset summary afterwards")
+    _add_config_args(c, None)
+    c.set_defaults(func=cmd_collect)
+
+    d = sub.add_parser("data", help="inspect and convert datasets")
+    dsub = d.add_subparsers(dest="data_verb", metavar="VERB")
+    dsub.required = True
+    ds = dsub.add_parser("stats", help="episodes, frames, class frequencies, dropped frames")
+    ds.add_argument("dir")
+    ds.add_argument("--json", nargs="?", const="-", help="write the summary as JSON to a file, or stdout with no file")
+    ds.set_defaults(func=cmd_data_stats)
+    dv = dsub.add_parser("convert-vpt", help="convert VPT/MineWorld .mp4 + .jsonl recordings to an episode store")
+    dv.add_argument("src")
+    dv.add_argument("out")
+    dv.add_argument("--resolution", type=_resolution, default=(48, 64), help="HxW (default 48x64)")
+    dv.set_defaults(func=cmd_data_convert_vpt)
+
+    m = sub.add_parser("demo", help="run the main job on the embedded default (ViZDoom, tiny, CPU)")
+    m.add_argument("--run", default="runs/demo", help="run folder (reused and resumed)")
+    m.add_argument("--episodes", type=int, default=200)
+    m.add_argument("--smoke", action="store_true", help="a fast, small version")
+    _add_config_args(m, None)
+    m.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return args.func(args)
+    except RlirError as e:
+        print(f"rlir: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rlir: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
