@@ -26,7 +26,7 @@ class PolicyConfig:
     attack_rate: float = 0.035       # bursts started per frame
     attack_hold: tuple[int, int] = (1, 6)
     jump_rate: float = 0.05          # taps per frame (on the ground only)
-    drop_rate: float = 0.035         # taps per frame (droppable weapon ready only)
+    drop_rate: float = 0.05          # taps per frame (droppable weapon ready only)
     yaw_rate: float = 0.16           # camera gestures started per frame
     yaw_hold: tuple[int, int] = (2, 8)
     yaw_deg: tuple[float, float] = (0.3, 14.0)   # log-uniform gesture speed, degrees per frame
