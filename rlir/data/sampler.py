@@ -1,0 +1,68 @@
+"""Clip sampling: random windows of T frames for training, fixed windows for evaluation."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from rlir.data.store import EpisodeStore
+from rlir.errors import DataError
+
+
+def _stack(clips: list, ids: list[str], starts: list[int]) -> dict:
+    return {
+        "frames": np.stack([c.frames for c in clips]),          # uint8 [B, T, H, W, 3]
+        "actions": np.stack([c.actions for c in clips]),        # int16 [B, T, 9]
+        "camera_deg": np.stack([c.camera_deg for c in clips]),  # float32 [B, T, 2]
+        "episode_id": ids,
+        "start": np.asarray(starts, dtype=np.int64),
+    }
+
+
+class ClipSampler:
+    """Batches of random T-frame windows; each window position is equally likely."""
+
+    def __init__(self, store: EpisodeStore, clip_len: int, batch_size: int, split: str | None = "train",
+                 seed: int = 0, episode_ids: list[str] | None = None):
+        self.store, self.T, self.B = store, clip_len, batch_size
+        ids = episode_ids if episode_ids is not None else store.ids(split)
+        self.ids = [i for i in ids if int(store.entry(i)["n_frames"]) >= clip_len]
+        if not self.ids:
+            raise DataError(f"{store.root}: no {split or ''} episode has at least {clip_len} frames")
+        n_windows = np.array([int(store.entry(i)["n_frames"]) - clip_len + 1 for i in self.ids], dtype=np.float64)
+        self.p = n_windows / n_windows.sum()
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self) -> dict:
+        picks = self.rng.choice(len(self.ids), size=self.B, p=self.p)
+        clips, ids, starts = [], [], []
+        for k in picks:
+            ep = self.store.load(self.ids[k])
+            s = int(self.rng.integers(0, len(ep) - self.T + 1))
+            clips.append(ep.slice(s, s + self.T))
+            ids.append(self.ids[k])
+            starts.append(s)
+        return _stack(clips, ids, starts)
+
+    def __iter__(self) -> Iterator[dict]:
+        while True:
+            yield self.sample()
+
+
+def fixed_clips(store: EpisodeStore, clip_len: int, split: str | None = "test", stride: int | None = None,
+                max_clips: int | None = None) -> list[tuple[str, int]]:
+    """Deterministic (episode_id, start) windows, non-overlapping by default: the evaluation set."""
+    stride = stride or clip_len
+    out = []
+    for i in store.ids(split):
+        n = int(store.entry(i)["n_frames"])
+        for s in range(0, n - clip_len + 1, stride):
+            out.append((i, s))
+            if max_clips is not None and len(out) >= max_clips:
+                return out
+    return out
+
+
+def load_clips(store: EpisodeStore, windows: list[tuple[str, int]], clip_len: int) -> dict:
+    clips = [store.load(i).slice(s, s + clip_len) for i, s in windows]
+    return _stack(clips, [i for i, _ in windows], [s for _, s in windows])

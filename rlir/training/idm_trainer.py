@@ -1,0 +1,286 @@
+"""`rlir idm train`: fit an IDM on an episode store.
+
+Cross-entropy per group, weighted against class imbalance (w_c ∝ freq_c^-power), augmentation
+that leaves the action unchanged (brightness/contrast per clip, a small shift of the whole clip),
+validation every `eval_every` steps, best checkpoint kept, resume from the last checkpoint.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rlir.actions import GROUPS, N_CLASSES
+from rlir.data.sampler import ClipSampler, fixed_clips, load_clips
+from rlir.data.store import EpisodeStore
+from rlir.errors import ConfigError, DataError
+from rlir.eval.action_metrics import action_metrics, format_metrics
+from rlir.models.idm import IDMConfig, build_idm
+from rlir.utils.checkpoint import load_state, load_tensors, read_config, save_checkpoint
+
+log = logging.getLogger("rlir.idm")
+
+
+@dataclass
+class IDMTrainConfig:
+    data: str = "runs/demo/data"
+    out: str = "runs/demo/idm"
+    model: IDMConfig = field(default_factory=IDMConfig)
+    subset: str = "a"                 # "a" / "b": disjoint halves of the training recordings; "all"
+    seed: int = 0
+    batch_size: int = 16
+    steps: int = 2500
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: int = 100
+    grad_clip: float = 1.0
+    eval_every: int = 250
+    val_clips: int = 256
+    class_weight_power: float = 0.5
+    aug_brightness: float = 0.2
+    aug_shift: int = 3
+    max_minutes: float = 0.0          # stop early when the wall clock runs out (0: no limit)
+    threads: int = 0                  # torch threads (0: torch's default)
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        if self.subset not in ("a", "b", "all"):
+            raise ConfigError(f"subset must be 'a', 'b' or 'all', got {self.subset!r}")
+        if self.batch_size < 1 or self.steps < 1 or self.eval_every < 1:
+            raise ConfigError("batch_size, steps and eval_every must be positive")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+
+
+def recording_key(entry: dict) -> str:
+    s = entry.get("source", {})
+    return f"{s.get('seed', '')}/{s.get('recording', entry['id'])}"
+
+
+def subset_ids(store: EpisodeStore, subset: str, split: str = "train") -> list[str]:
+    """Disjoint halves of a split, by recording (a hash), so reward IDM and judge never share one."""
+    ids = store.ids(split)
+    if subset == "all":
+        return ids
+    half = lambda e: "a" if hashlib.sha256(recording_key(e).encode()).digest()[0] % 2 == 0 else "b"  # noqa: E731
+    return [i for i in ids if half(store.entry(i)) == subset]
+
+
+def class_weights(store: EpisodeStore, ids: list[str], power: float) -> list[torch.Tensor]:
+    counts = [np.ones(k) for k in N_CLASSES]   # +1: a class never seen still gets a finite weight
+    for i in ids:
+        a = store.load(i).actions
+        for g, k in enumerate(N_CLASSES):
+            counts[g] += np.bincount(a[:, g], minlength=k)
+    out = []
+    for c in counts:
+        w = (c / c.sum()) ** (-power)
+        w = w / (w * c / c.sum()).sum()          # expected weight 1 under the data's distribution
+        out.append(torch.tensor(w, dtype=torch.float32))
+    return out
+
+
+def augment(frames: torch.Tensor, rng: np.random.Generator, brightness: float, shift: int) -> torch.Tensor:
+    """Per clip: one brightness/contrast change and one shift for all its frames (actions unchanged)."""
+    B = frames.shape[0]
+    x = frames.float()
+    gain = torch.tensor(1 + rng.uniform(-brightness, brightness, B), dtype=torch.float32).view(B, 1, 1, 1, 1)
+    bias = torch.tensor(rng.uniform(-brightness, brightness, B) * 255 * 0.5, dtype=torch.float32).view(B, 1, 1, 1, 1)
+    x = (x * gain + bias).clamp(0, 255)
+    if shift > 0:
+        H, W = x.shape[2:4]
+        pad = F.pad(x.permute(0, 1, 4, 2, 3).flatten(1, 2), (shift,) * 4, mode="replicate")  # [B, T*3, H+2s, W+2s]
+        out = torch.empty_like(x)
+        for b in range(B):
+            dy, dx = rng.integers(0, 2 * shift + 1, 2)
+            out[b] = pad[b, :, dy:dy + H, dx:dx + W].view(x.shape[1], 3, H, W).permute(0, 2, 3, 1)
+        x = out
+    return x.round().to(torch.uint8)
+
+
+def idm_loss(logits: list[torch.Tensor], actions: torch.Tensor, weights: list[torch.Tensor] | None = None
+             ) -> tuple[torch.Tensor, dict]:
+    """Sum over groups of the (weighted) cross-entropy of a_t, t = 0..T-2."""
+    target = actions[:, : logits[0].shape[1]].long()
+    total, parts = 0.0, {}
+    for g, lg in enumerate(logits):
+        w = None if weights is None else weights[g].to(lg.device)
+        l = F.cross_entropy(lg.flatten(0, 1), target[..., g].flatten(), weight=w)
+        parts[GROUPS[g]] = float(l.detach())
+        total = total + l
+    return total, parts
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, frames: np.ndarray | torch.Tensor, batch_size: int = 64,
+            device: str = "cpu") -> np.ndarray:
+    """Argmax actions [N, T-1, 9] for clips [N, T, H, W, 3] (deterministic)."""
+    model.eval()
+    out = []
+    frames = torch.as_tensor(frames)
+    for s in range(0, len(frames), batch_size):
+        logits = model(frames[s:s + batch_size].to(device))
+        out.append(torch.stack([lg.argmax(-1) for lg in logits], -1).cpu())
+    return torch.cat(out).numpy().astype(np.int64)
+
+
+def evaluate_idm(model, store: EpisodeStore, split: str, clip_len: int, max_clips: int | None = None,
+                 n_boot: int = 1000, device: str = "cpu") -> dict:
+    windows = fixed_clips(store, clip_len, split=split, max_clips=max_clips)
+    if not windows:
+        raise DataError(f"{store.root}: no {split} episode has {clip_len} frames to evaluate on")
+    batch = load_clips(store, windows, clip_len)
+    pred = predict(model, batch["frames"], device=device)
+    true = batch["actions"][:, : clip_len - 1].astype(np.int64)
+    excluded = tuple(store.metadata.get("null_groups", {}))
+    return action_metrics(pred, true, n_boot=n_boot, exclude_groups=excluded)
+
+
+def _score(m: dict) -> float:
+    h = m["metrics"]
+    return h.get("f1_macro_shown", h["f1_macro"]) + 0.5 * (h["camera_pitch_accuracy"] + h["camera_yaw_accuracy"])
+
+
+def load_idm(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """An IDM checkpoint -> (model in eval mode, its config). Wrong kinds are clear errors."""
+    cfg = read_config(path, kind="idm")
+    from rlir.config import from_dict
+    mcfg = from_dict(IDMConfig, cfg["model"])
+    model = build_idm(mcfg)
+    load_state(model, path)
+    return model.to(device).eval(), cfg
+
+
+def train_idm(cfg: IDMTrainConfig, progress: bool = True) -> dict:
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    from rlir.utils.io import atomic_write_json
+    cfg.validate()
+    cfg.model.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    store = EpisodeStore(cfg.data, cache_size=1_000_000)
+    if store.resolution and tuple(store.resolution) != tuple(cfg.model.resolution):
+        raise ConfigError(f"the data is {store.resolution[0]}x{store.resolution[1]} but model.resolution is "
+                          f"{cfg.model.resolution[0]}x{cfg.model.resolution[1]}")
+    ids = subset_ids(store, cfg.subset)
+    if not ids:
+        raise DataError(f"{cfg.data}: no training episodes in subset {cfg.subset!r}")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    model = build_idm(cfg.model).to(cfg.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * 0.5 *
+                                              (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+    sampler = ClipSampler(store, cfg.model.clip_len, cfg.batch_size, episode_ids=ids, seed=cfg.seed, split=None)
+    aug_rng = np.random.default_rng(cfg.seed + 1)
+    weights = class_weights(store, ids, cfg.class_weight_power)
+    step, best, history = 0, -1e9, []
+    last = out / "checkpoints" / "last"
+    if (last / "config.json").is_file():   # resume after a kill
+        meta = read_config(last, kind="idm_train_state")
+        load_state(model, last)
+        opt.load_state_dict(_unflatten_opt(load_tensors(last, "optim"), meta["optim_layout"]))
+        sched.load_state_dict(meta["sched"])
+        step, best, history = meta["step"], meta["best"], meta["history"]
+        sampler.rng.bit_generator.state = meta["sampler_rng"]
+        aug_rng.bit_generator.state = meta["aug_rng"]
+        torch.set_rng_state(load_tensors(last, "rng")["torch"])
+        log.info("resuming %s at step %d", out, step)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("IDM %s: %.2fM parameters, %d training episodes (subset %s)", cfg.model.arch, n_params / 1e6,
+             len(ids), cfg.subset)
+    tb = SummaryWriter(str(out / "tb"))
+    metrics_f = open(out / "metrics.jsonl", "a")
+    t0, t_start = time.time(), time.time() - (history[-1]["elapsed_s"] if history else 0.0)
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"idm {cfg.model.arch}", disable=not progress)
+    stop_early = False
+    while step < cfg.steps and not stop_early:
+        model.train()
+        b = sampler.sample()
+        frames = augment(torch.from_numpy(b["frames"]), aug_rng, cfg.aug_brightness, cfg.aug_shift)
+        logits = model(frames.to(cfg.device))
+        loss, parts = idm_loss(logits, torch.from_numpy(b["actions"]).to(cfg.device), weights)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if step % 25 == 0:
+            tb.add_scalar("train/loss", loss.item(), step)
+            tb.add_scalar("train/lr", sched.get_last_lr()[0], step)
+        out_of_time = cfg.max_minutes > 0 and (time.time() - t0) / 60 > cfg.max_minutes
+        if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
+            m = evaluate_idm(model, store, "val", cfg.model.clip_len, max_clips=cfg.val_clips, n_boot=0,
+                             device=cfg.device)
+            h = m["metrics"]
+            row = {"step": step, "loss": float(loss), "elapsed_s": time.time() - t_start,
+                   **{f"val/{k}": v for k, v in h.items()}}
+            history.append(row)
+            metrics_f.write(json.dumps(row) + "\n")
+            metrics_f.flush()
+            for k, v in h.items():
+                tb.add_scalar(f"val/{k}", v, step)
+            score = _score(m)
+            if score > best:
+                best = score
+                save_checkpoint(out / "checkpoints" / "best", _model_config(cfg, step, h), {"model": model.state_dict()})
+            opt_flat, layout = _flatten_opt(opt.state_dict())
+            save_checkpoint(last, {"kind": "idm_train_state", "step": step, "best": best, "history": history,
+                                   "sched": sched.state_dict(), "optim_layout": layout,
+                                   "sampler_rng": sampler.rng.bit_generator.state,
+                                   "aug_rng": aug_rng.bit_generator.state},
+                            {"model": model.state_dict(), "optim": opt_flat, "rng": {"torch": torch.get_rng_state()}})
+            log.info("step %d  val f1_macro %.3f  pitch err %.3f  yaw err %.3f", step, h["f1_macro"],
+                     h["camera_pitch_bin_error"], h["camera_yaw_bin_error"])
+            stop_early = out_of_time
+    bar.close()
+    metrics_f.close()
+    tb.close()
+    summary = {"steps": step, "train_minutes": (history[-1]["elapsed_s"] / 60) if history else 0.0,
+               "best_checkpoint": str(out / "checkpoints" / "best"), "params": n_params,
+               "history": history[-1] if history else {}}
+    atomic_write_json(out / "train_summary.json", summary)
+    return summary
+
+
+def _model_config(cfg: IDMTrainConfig, step: int, val: dict) -> dict:
+    return {"kind": "idm", "arch": cfg.model.arch, "model": asdict(cfg.model), "step": step,
+            "train": {k: v for k, v in asdict(cfg).items() if k != "model"}, "val": val}
+
+
+def _flatten_opt(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """AdamW state -> flat tensors for safetensors + a JSON layout for the rest (no pickle)."""
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{pid}.{k}"] = v
+            else:
+                scalars[f"{pid}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _unflatten_opt(tensors: dict, layout: dict) -> dict:
+    state: dict = {}
+    for key, v in list(tensors.items()) + list(layout["scalars"].items()):
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    return {"state": state, "param_groups": layout["param_groups"]}
+
+
+def report(m: dict, title: str) -> str:
+    return format_metrics(m, title)
