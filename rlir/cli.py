@@ -64,6 +64,41 @@ def cmd_data_convert_vpt(a) -> int:
     return 0
 
 
+def cmd_idm_train(a) -> int:
+    from rlir.config import load_config
+    from rlir.training.idm_trainer import IDMTrainConfig, train_idm
+    cfg = load_config(IDMTrainConfig, a.config, a.overrides, data=a.data, out=a.out)
+    res = train_idm(cfg, progress=not a.quiet)
+    print(f"trained {res['steps']} steps in {res['train_minutes']:.1f} min; best checkpoint {res['best_checkpoint']}")
+    return 0
+
+
+def cmd_idm_eval(a) -> int:
+    from rlir.data.store import EpisodeStore
+    from rlir.eval.action_metrics import format_metrics
+    from rlir.training.idm_trainer import evaluate_idm, load_idm
+    from rlir.utils.io import atomic_write_json
+    store = EpisodeStore(a.data, cache_size=1_000_000)
+    report = {"data": a.data, "split": a.split, "clip_len": a.clip_len}
+    for role, path in (("reward_idm", a.idm), ("judge_idm", a.judge)):
+        if not path:
+            continue
+        model, cfg = load_idm(path, device=a.device)
+        res = model.cfg.resolution
+        if store.resolution and tuple(store.resolution) != tuple(res):
+            from rlir.errors import DataError
+            raise DataError(f"{a.data} holds {store.resolution[0]}x{store.resolution[1]} frames but the IDM "
+                            f"{path} takes {res[0]}x{res[1]}")
+        m = evaluate_idm(model, store, a.split, a.clip_len, max_clips=a.max_clips, device=a.device)
+        m["checkpoint"] = str(path)
+        report[role] = m
+        print(format_metrics(m, f"{role} ({cfg['arch']}) on real {a.split} clips of {a.data}"))
+    if a.out:
+        atomic_write_json(a.out, report)
+        print(f"wrote {a.out}")
+    return 0
+
+
 def cmd_demo(a) -> int:
     """The main job on the embedded default. For now: collect ViZDoom data and summarise it."""
     from rlir.config import load_config
@@ -112,6 +147,25 @@ def build_parser() -> argparse.ArgumentParser:
     dv.add_argument("out")
     dv.add_argument("--resolution", type=_resolution, default=(48, 64), help="HxW (default 48x64)")
     dv.set_defaults(func=cmd_data_convert_vpt)
+
+    i = sub.add_parser("idm", help="train and evaluate inverse dynamics models")
+    isub = i.add_subparsers(dest="idm_verb", metavar="VERB")
+    isub.required = True
+    it = isub.add_parser("train", help="train a reward IDM (configs/idm/tiny.yaml) or a judge (judge_tiny.yaml)")
+    it.add_argument("--data", required=True)
+    it.add_argument("--out", required=True, help="run folder: checkpoints/{best,last}, metrics.jsonl, tb/")
+    _add_config_args(it, "configs/idm/tiny.yaml")
+    it.set_defaults(func=cmd_idm_train)
+    ie = isub.add_parser("eval", help="action metrics of IDMs on real clips (the post-training upper bound)")
+    ie.add_argument("--idm", required=True, help="reward IDM checkpoint")
+    ie.add_argument("--judge", help="judge IDM checkpoint")
+    ie.add_argument("--data", required=True)
+    ie.add_argument("--split", default="test", choices=["train", "val", "test"])
+    ie.add_argument("--clip-len", type=int, default=16)
+    ie.add_argument("--max-clips", type=int)
+    ie.add_argument("--device", default="cpu")
+    ie.add_argument("--out", help="write the metrics as JSON here")
+    ie.set_defaults(func=cmd_idm_eval)
 
     m = sub.add_parser("demo", help="run the main job on the embedded default (ViZDoom, tiny, CPU)")
     m.add_argument("--run", default="runs/demo", help="run folder (reused and resumed)")

@@ -130,6 +130,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     data: dict = {}
     if path is not None:
         p = Path(path)
+        shipped = Path(__file__).resolve().parents[1] / p   # the repo's configs/, from any directory
+        if not p.is_file() and not p.is_absolute() and shipped.is_file():
+            p = shipped
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:

@@ -1,7 +1,7 @@
 """VPT-style inverse dynamics model: a window of frames -> the action taken at each frame.
 
     frames [B, T, H, W, 3] uint8
-      -> temporal conv (3D, kernel 5 in time)       each frame sees its neighbours' pixels
+      -> temporal conv (two 3D layers, 5 frames)     each frame sees its neighbours' pixels
       -> per-frame IMPALA CNN                        image features, [B, T, D]
       -> non-causal transformer over time           each frame sees past and future in the window
       -> heads on (h_t, h_{t+1})                     p(a_t | o_t, o_{t+1}, context), t = 0..T-2
@@ -26,8 +26,8 @@ class IDMConfig:
     arch: str = "vpt"                 # "vpt" (this file) or "cnn3d" (rlir/models/judge_idm.py)
     resolution: tuple[int, int] = (48, 64)
     clip_len: int = 16
-    temporal_channels: int = 16
-    channels: tuple[int, ...] = (16, 32, 32)   # IMPALA stages (each halves H and W)
+    temporal_channels: int = 32
+    channels: tuple[int, ...] = (32, 32, 32)   # IMPALA stages (each halves H and W)
     blocks_per_stage: int = 1
     d_model: int = 128
     n_layers: int = 2
@@ -45,9 +45,14 @@ class IDMConfig:
             raise ConfigError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
 
 
-def to_input(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, T, H, W, 3] -> float [B, 3, T, H, W] in [-1, 1]."""
-    return frames.permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
+def to_input(frames: torch.Tensor, with_motion: bool = True) -> torch.Tensor:
+    """uint8 [B, T, H, W, 3] -> float [B, C, T, H, W]: RGB in [-1, 1], and (with_motion) the change
+    to the next frame, x_{t+1} - x_t (zero for the last frame), which puts motion in plain sight."""
+    x = frames.permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
+    if not with_motion:
+        return x
+    d = torch.cat([x[:, :, 1:] - x[:, :, :-1], torch.zeros_like(x[:, :, :1])], dim=2)
+    return torch.cat([x, 2.0 * d], dim=1)
 
 
 class ActionHeads(nn.Module):
@@ -77,11 +82,12 @@ class ImpalaStage(nn.Module):
     def __init__(self, cin: int, cout: int, blocks: int):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, 3, padding=1)
+        self.norm = nn.GroupNorm(4, cout)
         self.pool = nn.MaxPool2d(3, stride=2, padding=1)
         self.blocks = nn.Sequential(*[ResBlock(cout) for _ in range(blocks)])
 
     def forward(self, x):
-        return self.blocks(self.pool(self.conv(x)))
+        return self.blocks(self.pool(self.norm(self.conv(x))))
 
 
 class VPTIDM(nn.Module):
@@ -89,7 +95,11 @@ class VPTIDM(nn.Module):
         super().__init__()
         self.cfg = cfg
         H, W = cfg.resolution
-        self.temporal = nn.Conv3d(3, cfg.temporal_channels, kernel_size=(5, 3, 3), padding=(2, 1, 1))
+        H, W = (H + 1) // 2, (W + 1) // 2   # the first temporal layer reads full-res pixels, writes half-res
+        c = cfg.temporal_channels
+        self.temporal = nn.Sequential(   # two 3x3x3 layers: a receptive field of 5 frames, motion at pixel scale
+            nn.Conv3d(6, c, kernel_size=3, stride=(1, 2, 2), padding=1), nn.GroupNorm(4, c), nn.ReLU(),
+            nn.Conv3d(c, c, kernel_size=3, padding=1), nn.GroupNorm(4, c), nn.ReLU())
         stages, c = [], cfg.temporal_channels
         for cout in cfg.channels:
             stages.append(ImpalaStage(c, cout, cfg.blocks_per_stage))
@@ -107,7 +117,7 @@ class VPTIDM(nn.Module):
     def forward(self, frames: torch.Tensor) -> list[torch.Tensor]:
         """frames uint8 [B, T, H, W, 3] -> per group logits [B, T-1, K_g] for actions 0..T-2."""
         B, T = frames.shape[:2]
-        x = F.relu(self.temporal(to_input(frames)))                    # [B, C, T, H, W]
+        x = self.temporal(to_input(frames))                            # [B, C, T, H, W]
         x = x.transpose(1, 2).reshape(B * T, *x.shape[1:2], *x.shape[3:])
         h = self.proj(self.cnn(x)).view(B, T, -1) + self.time[:, :T]  # [B, T, d]
         h = self.norm(self.transformer(h))                             # no mask: past and future

@@ -32,7 +32,7 @@ class CNN3DIDM(nn.Module):
         super().__init__()
         self.cfg = cfg
         H, W = cfg.resolution
-        blocks, c = [], 3
+        blocks, c = [], 6
         for cout in cfg.channels:
             blocks.append(Block3D(c, cout))
             c, H, W = cout, (H + 1) // 2, (W + 1) // 2

@@ -159,7 +159,8 @@ def load_idm(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, di
     return model.to(device).eval(), cfg
 
 
-def train_idm(cfg: IDMTrainConfig, progress: bool = True) -> dict:
+def train_idm(cfg: IDMTrainConfig, progress: bool = True, stop_at_step: int | None = None) -> dict:
+    """Train (or resume) an IDM; `stop_at_step` ends the run early as a kill would (for tests)."""
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
@@ -227,7 +228,7 @@ def train_idm(cfg: IDMTrainConfig, progress: bool = True) -> dict:
             m = evaluate_idm(model, store, "val", cfg.model.clip_len, max_clips=cfg.val_clips, n_boot=0,
                              device=cfg.device)
             h = m["metrics"]
-            row = {"step": step, "loss": float(loss), "elapsed_s": time.time() - t_start,
+            row = {"step": step, "loss": float(loss.detach()), "elapsed_s": time.time() - t_start,
                    **{f"val/{k}": v for k, v in h.items()}}
             history.append(row)
             metrics_f.write(json.dumps(row) + "\n")
@@ -246,7 +247,7 @@ def train_idm(cfg: IDMTrainConfig, progress: bool = True) -> dict:
                             {"model": model.state_dict(), "optim": opt_flat, "rng": {"torch": torch.get_rng_state()}})
             log.info("step %d  val f1_macro %.3f  pitch err %.3f  yaw err %.3f", step, h["f1_macro"],
                      h["camera_pitch_bin_error"], h["camera_yaw_bin_error"])
-            stop_early = out_of_time
+            stop_early = out_of_time or (stop_at_step is not None and step >= stop_at_step)
     bar.close()
     metrics_f.close()
     tb.close()
