@@ -16,7 +16,7 @@ import numpy as np
 @dataclass
 class PolicyConfig:
     p_forward: float = 0.62          # share of time in each fore/back state
-    p_back: float = 0.15
+    p_back: float = 0.12
     move_hold: tuple[int, int] = (4, 20)     # frames a fore/back choice is held
     p_strafe: float = 0.45           # share of time strafing (split left/right)
     strafe_hold: tuple[int, int] = (3, 12)
@@ -35,6 +35,7 @@ class PolicyConfig:
     pitch_deg: tuple[float, float] = (0.3, 9.0)
     pitch_limits: tuple[float, float] = (-25.0, 40.0)   # engine clamps at about -32 / +56
     stuck_speed: float = 1.5         # map units per frame below which pressing a move key is "stuck"
+    near_wall: float = 8.0           # depth-buffer units ahead below which a person turns towards open space
 
 
 class HumanlikePolicy:
@@ -87,6 +88,12 @@ class HumanlikePolicy:
             self.move, self.move_left = (2 if self.move == 1 else 1), self._hold((3, 8))
             self.strafe, self.strafe_left = 0, self._hold((3, 8))
             self.stuck_frames = 0
+
+        # a person looks where there is room to go: facing a near wall, turn towards the more open side
+        if self.move == 1 and v.get("DEPTH_AHEAD", 255.0) < c.near_wall and self.yaw_left <= 0:
+            side = 1.0 if v.get("DEPTH_RIGHT", 0.0) >= v.get("DEPTH_LEFT", 0.0) else -1.0
+            self.yaw_speed = side * float(r.uniform(4, 12))
+            self.yaw_left = self._hold((2, 6))
 
         # sprint only while moving (invisible otherwise); sneak any time
         if self.mod_left <= 0:

@@ -60,6 +60,18 @@ def parse_map(spec: str, default_wad: str) -> tuple[str, str]:
     return default_wad, spec.lower()
 
 
+def depth_view(depth: np.ndarray | None) -> dict:
+    """How much room there is ahead, to the left and to the right: medians of the depth buffer
+    (0..255, larger = farther) over the middle band of rows, in thirds of the width."""
+    if depth is None:
+        return {"DEPTH_LEFT": 255.0, "DEPTH_AHEAD": 255.0, "DEPTH_RIGHT": 255.0}
+    H, W = depth.shape
+    band = depth[int(0.35 * H):int(0.65 * H)]
+    return {"DEPTH_LEFT": float(np.median(band[:, : W // 3])),
+            "DEPTH_AHEAD": float(np.median(band[:, W // 3: 2 * W // 3])),
+            "DEPTH_RIGHT": float(np.median(band[:, 2 * W // 3:]))}
+
+
 class DoomEnv:
     """One game instance. Frames are RGB at `out_hw` (resized with area interpolation)."""
 
@@ -83,6 +95,7 @@ class DoomEnv:
         g.set_render_hud(False)
         g.set_render_crosshair(False)
         g.set_render_weapon(True)
+        g.set_depth_buffer_enabled(True)   # for the player's eyes only (steering away from walls); not recorded
         g.set_render_messages(False)
         g.set_render_decals(True)
         g.set_render_particles(True)
@@ -127,6 +140,7 @@ class DoomEnv:
         s = self.game.get_state()
         v = dict(zip(VARIABLES, (float(x) for x in s.game_variables)))
         h, w = self.out_hw
+        v.update(depth_view(s.depth_buffer))
         frame = s.screen_buffer
         if frame.shape[:2] != (h, w):
             frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
