@@ -24,7 +24,7 @@ from rlir.actions import GROUPS, buttons_to_actions
 from rlir.data.preprocess import PreprocessConfig, segment
 from rlir.data.store import Episode, EpisodeStore, split_for, write_episode
 from rlir.envs.policy import HumanlikePolicy, PolicyConfig
-from rlir.envs.vizdoom_env import NULL_GROUPS, DoomConfig, DoomEnv, parse_map
+from rlir.envs.vizdoom_env import NULL_GROUPS, DoomConfig, DoomEnv, parse_map, wad_path
 from rlir.errors import ConfigError, DataError
 from rlir.utils.io import atomic_write_jsonl
 
@@ -165,7 +165,6 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict:
     cfg.validate()
     out = Path(cfg.out)
     for m in cfg.maps:   # fail early on a map spec we cannot play
-        from rlir.envs.vizdoom_env import wad_path
         try:
             wad_path(parse_map(m, cfg.doom.wad)[0])
         except FileNotFoundError as e:
@@ -194,11 +193,7 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict:
                 r = json.loads(line)
                 done[r["recording"]] = r
     # entries of a recording that did not finish writing are dropped and the recording redone
-    stale = [e for e in store.entries if e.get("source", {}).get("recording") not in done]
-    if stale:
-        store.entries = [e for e in store.entries if e not in stale]
-        store._by_id = {e["id"]: e for e in store.entries}
-        atomic_write_jsonl(out / "manifest.jsonl", store.entries)
+    store.remove_entries(lambda e: e.get("source", {}).get("recording") not in done)
     todo = [i for i in range(cfg.episodes) if i not in done]
     if done:
         log.info("resuming: %d of %d recordings already done", len(done), cfg.episodes)

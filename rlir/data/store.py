@@ -169,6 +169,15 @@ class EpisodeStore:
         atomic_write_jsonl(self.root / MANIFEST, self.entries)
         return entry
 
+    def remove_entries(self, drop) -> int:
+        """Unlist the episodes for which drop(entry) is true (their files stay); returns how many."""
+        keep = [e for e in self.entries if not drop(e)]
+        n = len(self.entries) - len(keep)
+        if n:
+            self.entries, self._by_id = keep, {e["id"]: e for e in keep}
+            atomic_write_jsonl(self.root / MANIFEST, self.entries)
+        return n
+
     # --- reading -------------------------------------------------------------------------
     @property
     def resolution(self) -> tuple[int, int] | None:

@@ -22,7 +22,7 @@ from rlir.actions import GROUPS, N_CLASSES
 from rlir.data.sampler import ClipSampler, fixed_clips, load_clips
 from rlir.data.store import EpisodeStore
 from rlir.errors import ConfigError, DataError
-from rlir.eval.action_metrics import action_metrics, format_metrics
+from rlir.eval.action_metrics import action_metrics
 from rlir.models.idm import IDMConfig, build_idm
 from rlir.utils.checkpoint import load_state, load_tensors, read_config, save_checkpoint
 
@@ -282,6 +282,3 @@ def _unflatten_opt(tensors: dict, layout: dict) -> dict:
         state.setdefault(int(pid), {})[k] = v
     return {"state": state, "param_groups": layout["param_groups"]}
 
-
-def report(m: dict, title: str) -> str:
-    return format_metrics(m, title)
