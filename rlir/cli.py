@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from rlir.errors import ConfigError, RlirError
+from rlir.errors import RlirError
 
 log = logging.getLogger("rlir")
 
@@ -84,11 +84,6 @@ def cmd_idm_eval(a) -> int:
         if not path:
             continue
         model, cfg = load_idm(path, device=a.device)
-        res = model.cfg.resolution
-        if store.resolution and tuple(store.resolution) != tuple(res):
-            from rlir.errors import DataError
-            raise DataError(f"{a.data} holds {store.resolution[0]}x{store.resolution[1]} frames but the IDM "
-                            f"{path} takes {res[0]}x{res[1]}")
         m = evaluate_idm(model, store, a.split, a.clip_len, max_clips=a.max_clips, device=a.device)
         m["checkpoint"] = str(path)
         report[role] = m

@@ -2,7 +2,6 @@ import json
 import os
 
 import numpy as np
-import pytest
 
 import rlir.data.collect as C
 from rlir.actions import validate_actions

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rlir.data.sampler import ClipSampler, fixed_clips, load_clips
-from rlir.data.store import Episode, EpisodeStore, read_episode, split_for, write_episode
+from rlir.data.store import EpisodeStore, read_episode, split_for, write_episode
 from rlir.errors import DataError
 from tests.conftest import make_episode
 

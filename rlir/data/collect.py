@@ -12,7 +12,6 @@ import multiprocessing
 import multiprocessing.util
 import os
 import time
-import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field

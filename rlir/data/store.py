@@ -12,7 +12,6 @@ killed writer leaves the manifest naming only complete files.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import zipfile
 import zlib

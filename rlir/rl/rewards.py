@@ -10,7 +10,6 @@ and the soft variant "loglik" is the IDM's mean log-likelihood of the true actio
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 MODES = ("all", "per_group", "loglik")
@@ -44,8 +43,7 @@ class InverseReward:
     @torch.no_grad()
     def __call__(self, frames, actions) -> torch.Tensor:
         """frames uint8 [B, T, H, W, 3], actions [B, T, 9] -> reward [B]."""
-        frames, actions = torch.as_tensor(np.asarray(frames) if not torch.is_tensor(frames) else frames), \
-            torch.as_tensor(np.asarray(actions) if not torch.is_tensor(actions) else actions)
+        frames, actions = torch.as_tensor(frames), torch.as_tensor(actions)
         if frames.ndim != 5 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
             raise ValueError(f"frames must be uint8 [B, T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
         if actions.shape[:2] != frames.shape[:2] or actions.shape[-1] != 9:
