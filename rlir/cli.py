@@ -94,6 +94,41 @@ def cmd_idm_eval(a) -> int:
     return 0
 
 
+def cmd_tokenizer_train(a) -> int:
+    from rlir.config import load_config
+    from rlir.training.tokenizer_trainer import TokenizerTrainConfig, train_tokenizer
+    cfg = load_config(TokenizerTrainConfig, a.config, a.overrides, data=a.data, out=a.out)
+    res = train_tokenizer(cfg, progress=not a.quiet)
+    print(f"trained {res['steps']} steps in {res['train_minutes']:.1f} min; validation PSNR "
+          f"{res['best_val_psnr']:.2f} dB; best checkpoint {res['best_checkpoint']}")
+    return 0
+
+
+def cmd_wm_train(a) -> int:
+    from rlir.config import ConfigError, load_config, merged_dict
+    if a.paradigm != "ar":
+        raise ConfigError(f"paradigm {a.paradigm!r} is not available in this version (only 'ar')")
+    from rlir.training.ar_trainer import ARTrainConfig, train_ar
+    cfg = load_config(ARTrainConfig, a.config, a.overrides, data=a.data, out=a.out, tokenizer=a.tokenizer,
+                      preset=a.preset)
+    explicit = merged_dict(a.config, a.overrides).get("model", {})   # model.* given by the user beat the preset
+    res = train_ar(cfg, progress=not a.quiet, explicit_model=explicit)
+    print(f"trained {res['steps']} steps ({res['params'] / 1e6:.1f}M parameters) in {res['train_minutes']:.1f} min; "
+          f"validation loss {res['best_val_loss']:.4f}; best checkpoint {res['best_checkpoint']}")
+    return 0
+
+
+def cmd_generate(a) -> int:
+    from rlir.eval.generate import generate
+    res = generate(a.world_model, a.data, a.out, frames=a.frames, seed=a.seed, split=a.split,
+                   batch_size=a.batch_size, max_clips=a.max_clips, temperature=a.temperature, top_p=a.top_p,
+                   device=a.device, progress=not a.quiet)
+    p = res.get("psnr_frames_1_to_T")
+    extra = f"; PSNR of frames 1..{a.frames - 1} {p['mean']:.2f} dB [{p['ci95'][0]:.2f}, {p['ci95'][1]:.2f}]" if p else ""
+    print(f"generated {res['clips']} clips of {a.frames} frames into {a.out}{extra}")
+    return 0
+
+
 def cmd_demo(a) -> int:
     """The main job on the embedded default. For now: collect ViZDoom data and summarise it."""
     from rlir.config import load_config
@@ -161,6 +196,41 @@ def build_parser() -> argparse.ArgumentParser:
     ie.add_argument("--device", default="cpu")
     ie.add_argument("--out", help="write the metrics as JSON here")
     ie.set_defaults(func=cmd_idm_eval)
+
+    t = sub.add_parser("tokenizer", help="the AR world model's VQ frame tokenizer")
+    tsub = t.add_subparsers(dest="tokenizer_verb", metavar="VERB")
+    tsub.required = True
+    tt = tsub.add_parser("train", help="train the VQ tokenizer (configs/tokenizer/tiny.yaml)")
+    tt.add_argument("--data", required=True)
+    tt.add_argument("--out", required=True, help="run folder: checkpoints/{best,last}, metrics.jsonl, tb/")
+    _add_config_args(tt, "configs/tokenizer/tiny.yaml")
+    tt.set_defaults(func=cmd_tokenizer_train)
+
+    w = sub.add_parser("wm", help="world models")
+    wsub = w.add_subparsers(dest="wm_verb", metavar="VERB")
+    wsub.required = True
+    wt = wsub.add_parser("train", help="pretrain a world model")
+    wt.add_argument("--paradigm", default="ar", choices=["ar", "diffusion"])
+    wt.add_argument("--data", required=True)
+    wt.add_argument("--tokenizer", help="tokenizer checkpoint (AR)")
+    wt.add_argument("--out", required=True, help="run folder: checkpoints/{best,last}, metrics.jsonl, tb/")
+    wt.add_argument("--preset", help="model size: tiny, 300M, 700M or 1.2B (the paper's Table 4)")
+    _add_config_args(wt, "configs/wm/ar_tiny.yaml")
+    wt.set_defaults(func=cmd_wm_train)
+
+    g = sub.add_parser("generate", help="roll a world model out on real clips (Contract 4)")
+    g.add_argument("--world-model", required=True)
+    g.add_argument("--data", required=True)
+    g.add_argument("--out", required=True, help="episode store to write (resumes if it exists)")
+    g.add_argument("--frames", type=int, default=16)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--split", default="test", choices=["train", "val", "test"])
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--max-clips", type=int)
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-p", type=float, default=0.8, help="nucleus sampling (MineWorld's evaluation: 0.8)")
+    g.add_argument("--device", default="cpu")
+    g.set_defaults(func=cmd_generate)
 
     m = sub.add_parser("demo", help="run the main job on the embedded default (ViZDoom, tiny, CPU)")
     m.add_argument("--run", default="runs/demo", help="run folder (reused and resumed)")

@@ -127,6 +127,13 @@ def _merge(base: dict, extra: dict) -> dict:
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
                 **explicit) -> T:
     """Defaults <- YAML file <- `key=value` overrides <- explicit keyword arguments (not None)."""
+    data = merged_dict(path, overrides)
+    data = _merge(data, {k: v for k, v in explicit.items() if v is not None})
+    return from_dict(cls, data)
+
+
+def merged_dict(path: str | Path | None = None, overrides: list[str] | None = None) -> dict:
+    """The values a user gave: the YAML file's, then the `key=value` overrides (no defaults)."""
     data: dict = {}
     if path is not None:
         p = Path(path)
@@ -142,9 +149,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {p} must hold a mapping of keys to values")
         data = loaded
-    data = _merge(data, parse_overrides(overrides))
-    data = _merge(data, {k: v for k, v in explicit.items() if v is not None})
-    return from_dict(cls, data)
+    return _merge(data, parse_overrides(overrides))
 
 
 def save_config(obj, path: str | Path) -> None:

@@ -11,7 +11,8 @@ def run(*args):
 
 
 def test_help_for_every_verb():
-    for verb in (["--help"], ["collect", "--help"], ["data", "stats", "--help"], ["demo", "--help"]):
+    for verb in (["--help"], ["collect", "--help"], ["data", "stats", "--help"], ["demo", "--help"],
+                 ["tokenizer", "train", "--help"], ["wm", "train", "--help"], ["generate", "--help"]):
         r = run(*verb)
         assert r.returncode == 0 and "usage" in r.stdout
 

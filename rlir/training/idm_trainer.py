@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +23,8 @@ from rlir.data.store import EpisodeStore
 from rlir.errors import ConfigError, DataError
 from rlir.eval.action_metrics import action_metrics
 from rlir.models.idm import IDMConfig, build_idm
-from rlir.utils.checkpoint import load_state, load_tensors, read_config, save_checkpoint
+from rlir.training.loop import load_train_state, save_train_state, warmup_cosine
+from rlir.utils.checkpoint import load_state, read_config, save_checkpoint
 
 log = logging.getLogger("rlir.idm")
 
@@ -186,22 +186,15 @@ def train_idm(cfg: IDMTrainConfig, progress: bool = True, stop_at_step: int | No
     torch.manual_seed(cfg.seed)
     model = build_idm(cfg.model).to(cfg.device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * 0.5 *
-                                              (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+    sched = warmup_cosine(opt, cfg.warmup, cfg.steps)
     sampler = ClipSampler(store, cfg.model.clip_len, cfg.batch_size, episode_ids=ids, seed=cfg.seed, split=None)
     aug_rng = np.random.default_rng(cfg.seed + 1)
+    rngs = {"sampler": sampler.rng, "aug": aug_rng}
     weights = class_weights(store, ids, cfg.class_weight_power)
-    step, best, history = 0, -1e9, []
     last = out / "checkpoints" / "last"
-    if (last / "config.json").is_file():   # resume after a kill
-        meta = read_config(last, kind="idm_train_state")
-        load_state(model, last)
-        opt.load_state_dict(_unflatten_opt(load_tensors(last, "optim"), meta["optim_layout"]))
-        sched.load_state_dict(meta["sched"])
-        step, best, history = meta["step"], meta["best"], meta["history"]
-        sampler.rng.bit_generator.state = meta["sampler_rng"]
-        aug_rng.bit_generator.state = meta["aug_rng"]
-        torch.set_rng_state(load_tensors(last, "rng")["torch"])
+    meta = load_train_state(last, "idm_train_state", model, opt, sched, rngs)   # resume after a kill
+    step, best, history = (meta["step"], meta["best"], meta["history"]) if meta else (0, -1e9, [])
+    if meta:
         log.info("resuming %s at step %d", out, step)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("IDM %s: %.2fM parameters, %d training episodes (subset %s)", cfg.model.arch, n_params / 1e6,
@@ -244,12 +237,8 @@ def train_idm(cfg: IDMTrainConfig, progress: bool = True, stop_at_step: int | No
             if score > best:
                 best = score
                 save_checkpoint(out / "checkpoints" / "best", _model_config(cfg, step, h), {"model": model.state_dict()})
-            opt_flat, layout = _flatten_opt(opt.state_dict())
-            save_checkpoint(last, {"kind": "idm_train_state", "step": step, "best": best, "history": history,
-                                   "sched": sched.state_dict(), "optim_layout": layout,
-                                   "sampler_rng": sampler.rng.bit_generator.state,
-                                   "aug_rng": aug_rng.bit_generator.state},
-                            {"model": model.state_dict(), "optim": opt_flat, "rng": {"torch": torch.get_rng_state()}})
+            save_train_state(last, "idm_train_state", model, opt, sched,
+                             {"step": step, "best": best, "history": history}, rngs)
             log.info("step %d  val f1_macro %.3f  pitch err %.3f  yaw err %.3f", step, h["f1_macro"],
                      h["camera_pitch_bin_error"], h["camera_yaw_bin_error"])
             stop_early = out_of_time or (stop_at_step is not None and step >= stop_at_step)
@@ -266,24 +255,3 @@ def train_idm(cfg: IDMTrainConfig, progress: bool = True, stop_at_step: int | No
 def _model_config(cfg: IDMTrainConfig, step: int, val: dict) -> dict:
     return {"kind": "idm", "arch": cfg.model.arch, "model": asdict(cfg.model), "step": step,
             "train": {k: v for k, v in asdict(cfg).items() if k != "model"}, "val": val}
-
-
-def _flatten_opt(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """AdamW state -> flat tensors for safetensors + a JSON layout for the rest (no pickle)."""
-    tensors, scalars = {}, {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"{pid}.{k}"] = v
-            else:
-                scalars[f"{pid}.{k}"] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _unflatten_opt(tensors: dict, layout: dict) -> dict:
-    state: dict = {}
-    for key, v in list(tensors.items()) + list(layout["scalars"].items()):
-        pid, k = key.split(".", 1)
-        state.setdefault(int(pid), {})[k] = v
-    return {"state": state, "param_groups": layout["param_groups"]}
-

@@ -1,0 +1,182 @@
+"""Autoregressive world model (MineWorld-style): a LLaMA decoder over interleaved frame and action tokens.
+
+    sequence = [frame 0 codes][aBOS a_0 ... aEOS][frame 1 codes][aBOS a_1 ... aEOS] ... [frame T-1 codes]
+               |<- N visual ->||<- 11 action ->|
+
+Visual tokens are the VQ tokenizer's codes 0..n_codes-1; action tokens (Contract 1's 9 groups plus
+aBOS/aEOS, rlir/actions.py) follow them at n_codes + id, so the two vocabularies are disjoint.
+The backbone is `transformers`' LlamaForCausalLM. The model learns p(frame t+1 | frames <= t, a_<=t),
+token by token; action tokens are inputs only: they are never sampled and never get a loss.
+
+Sampling (`sample`) and scoring (`score`) refer to the same distribution, for GRPO's ratio:
+    pi(x) = softmax(logits[visual] / temperature) truncated to its top-p nucleus and renormalised,
+the nucleus being the smallest set of most likely tokens whose mass reaches top_p (the token taken
+is always in it). With top_p = 1 it is the plain tempered softmax over the visual vocabulary.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from rlir.actions import ACTION_VOCAB_SIZE, TOKENS_PER_ACTION, actions_to_tokens
+
+# d_model / mlp / heads / layers: the paper's Table 4 (MineWorld's configurations).
+PRESETS = {
+    "tiny": dict(d_model=256, mlp=768, n_heads=4, n_layers=4),
+    "300M": dict(d_model=1024, mlp=4096, n_heads=16, n_layers=20),
+    "700M": dict(d_model=2048, mlp=4096, n_heads=32, n_layers=20),
+    "1.2B": dict(d_model=2048, mlp=8192, n_heads=32, n_layers=20),
+}
+
+
+@dataclass
+class ARConfig:
+    n_codes: int = 1024              # the tokenizer's codebook size
+    tokens_per_frame: int = 48       # the tokenizer's grid, h*w
+    clip_len: int = 16               # frames per training sequence (and the most a rollout makes)
+    d_model: int = 256
+    mlp: int = 768
+    n_heads: int = 4
+    n_layers: int = 4
+    rope_theta: float = 10000.0
+
+    def validate(self) -> None:
+        from rlir.errors import ConfigError
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.clip_len < 2:
+            raise ConfigError("clip_len must be at least 2")
+
+    @property
+    def block(self) -> int:           # tokens per frame step: a frame's codes and its action
+        return self.tokens_per_frame + TOKENS_PER_ACTION
+
+    @property
+    def vocab_size(self) -> int:
+        return self.n_codes + ACTION_VOCAB_SIZE
+
+    def seq_len(self, frames: int) -> int:   # T frames and the T-1 actions between them
+        return frames * self.tokens_per_frame + (frames - 1) * TOKENS_PER_ACTION
+
+
+def build_llama(cfg: ARConfig):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    lc = LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.mlp,
+                     num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+                     num_key_value_heads=cfg.n_heads, max_position_embeddings=cfg.seq_len(cfg.clip_len),
+                     rope_theta=cfg.rope_theta, attention_dropout=0.0, tie_word_embeddings=False,
+                     bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    lc._attn_implementation = "sdpa"
+    return LlamaForCausalLM(lc)
+
+
+def action_tokens(actions, n_codes: int, device) -> torch.Tensor:
+    """Class ids [..., 9] -> token ids [..., 11] of the model's vocabulary (after the visual codes)."""
+    a = actions.cpu().numpy() if torch.is_tensor(actions) else actions
+    return torch.from_numpy(actions_to_tokens(a, offset=n_codes)).to(device)
+
+
+def interleave(codes: torch.Tensor, actions: torch.Tensor, n_codes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """codes [B, T, N], actions [B, >=T-1, 9] -> (tokens [B, S], is_visual [B, S] bool)."""
+    B, T, N = codes.shape
+    act = action_tokens(actions[:, : T - 1], n_codes, codes.device)      # [B, T-1, 11]
+    parts, vis = [], []
+    for t in range(T):
+        parts.append(codes[:, t].long())
+        vis.append(torch.ones(B, N, dtype=torch.bool, device=codes.device))
+        if t < T - 1:
+            parts.append(act[:, t])
+            vis.append(torch.zeros(B, TOKENS_PER_ACTION, dtype=torch.bool, device=codes.device))
+    return torch.cat(parts, 1), torch.cat(vis, 1)
+
+
+def split_frames(tokens: torch.Tensor, cfg: ARConfig) -> torch.Tensor:
+    """tokens [B, S] (interleaved) -> codes [B, T, N]."""
+    B, S = tokens.shape
+    T = (S + TOKENS_PER_ACTION) // cfg.block
+    padded = torch.cat([tokens, tokens.new_zeros(B, TOKENS_PER_ACTION)], 1).view(B, T, cfg.block)
+    return padded[:, :, : cfg.tokens_per_frame]
+
+
+def policy_logprobs(logits: torch.Tensor, n_codes: int, temperature: float, top_p: float,
+                    taken: torch.Tensor | None = None) -> torch.Tensor:
+    """Log-probs over the visual vocabulary of the distribution sampled from (see the module doc).
+
+    logits [..., V] -> [..., n_codes]; tokens outside the nucleus get -inf. `taken` (optional,
+    [...]) is kept in the nucleus whatever the rounding, so a rollout's own token never scores -inf.
+    """
+    lp = torch.log_softmax(logits[..., :n_codes].float() / temperature, dim=-1)
+    if top_p >= 1.0:
+        return lp
+    with torch.no_grad():   # which tokens are in the nucleus: a selection, not a function to differentiate
+        sorted_lp, order = lp.sort(dim=-1, descending=True)
+        mass_before = sorted_lp.exp().cumsum(-1) - sorted_lp.exp()
+        keep_sorted = mass_before < top_p            # the most likely token is always kept
+        keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+        if taken is not None:
+            keep.scatter_(-1, taken.unsqueeze(-1).long(), True)
+    lp = lp.masked_fill(~keep, float("-inf"))
+    return lp - torch.logsumexp(lp, dim=-1, keepdim=True)   # renormalised over the nucleus
+
+
+@dataclass
+class Rollout:
+    tokens: torch.Tensor     # [B, S] the whole interleaved sequence, frame 0 and actions included
+    logps: torch.Tensor      # [B, S] log pi(token) where generated, 0 elsewhere
+    mask: torch.Tensor       # [B, S] 1.0 on generated visual tokens, 0.0 on frame 0 and all action tokens
+
+
+@torch.no_grad()
+def sample(model, cfg: ARConfig, codes0: torch.Tensor, actions: torch.Tensor, frames: int | None = None,
+           temperature: float = 1.0, top_p: float = 0.8, generator: torch.Generator | None = None) -> Rollout:
+    """Roll the world model out from frame 0's codes [B, N] under actions [B, >=frames-1, 9].
+
+    Token by token with a KV cache; the real action tokens are forced in after each frame.
+    """
+    frames = frames or cfg.clip_len
+    B, N, dev = codes0.shape[0], cfg.tokens_per_frame, codes0.device
+    act = action_tokens(actions[:, : frames - 1], cfg.n_codes, dev)     # [B, frames-1, 11]
+    zero_a = torch.zeros(B, TOKENS_PER_ACTION, device=dev)
+    toks, logps, mask = [codes0.long(), act[:, 0]], [torch.zeros(B, N, device=dev), zero_a], \
+        [torch.zeros(B, N, device=dev), zero_a]
+    feed, cache = torch.cat([codes0.long(), act[:, 0]], 1), None
+    for t in range(1, frames):
+        frame_toks, frame_lp = [], []
+        for j in range(N):
+            out = model(input_ids=feed, past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            lp = policy_logprobs(out.logits[:, -1], cfg.n_codes, temperature, top_p)
+            tok = torch.multinomial(lp.exp(), 1, generator=generator)                    # [B, 1]
+            frame_toks.append(tok)
+            frame_lp.append(lp.gather(-1, tok))
+            feed = tok if j < N - 1 else (torch.cat([tok, act[:, t]], 1) if t < frames - 1 else None)
+        toks.append(torch.cat(frame_toks, 1))
+        logps.append(torch.cat(frame_lp, 1))
+        mask.append(torch.ones(B, N, device=dev))
+        if t < frames - 1:
+            toks.append(act[:, t])
+            logps.append(zero_a)
+            mask.append(zero_a)
+    return Rollout(torch.cat(toks, 1), torch.cat(logps, 1), torch.cat(mask, 1))
+
+
+def score(model, cfg: ARConfig, tokens: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0,
+          top_p: float = 0.8) -> torch.Tensor:
+    """Teacher-forced log pi(token) [B, S] of a rollout in one forward pass, with gradient; 0 where mask is 0."""
+    logits = model(input_ids=tokens[:, :-1]).logits                   # position i predicts token i+1
+    target = tokens[:, 1:]
+    lp = policy_logprobs(logits, cfg.n_codes, temperature, top_p, taken=target.clamp(max=cfg.n_codes - 1))
+    m = mask[:, 1:] > 0
+    taken = lp.gather(-1, target.clamp(max=cfg.n_codes - 1).unsqueeze(-1)).squeeze(-1)
+    taken = torch.where(m, taken, torch.zeros_like(taken))           # action tokens: no log-prob, no gradient
+    return torch.cat([torch.zeros_like(taken[:, :1]), taken], 1)
+
+
+def next_token_loss(model, tokens: torch.Tensor, is_visual: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
+    """Pretraining: cross-entropy of the visual tokens of frames 1.. given everything before them."""
+    logits = model(input_ids=tokens[:, :-1]).logits
+    target, m = tokens[:, 1:], is_visual[:, 1:].clone()
+    m[:, : tokens_per_frame - 1] = False                                # frame 0 is the prompt, not a target
+    return F.cross_entropy(logits[m].float(), target[m])

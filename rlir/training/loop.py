@@ -1,0 +1,85 @@
+"""What every trainer shares: the warmup+cosine schedule, resumable train state, and the run log.
+
+A train state is a checkpoint directory (rlir/utils/checkpoint.py) holding the model, the AdamW
+state as safetensors (tensors) plus JSON (the rest), torch's RNG, numpy generators' states and the
+scheduler, so a killed run resumes where it stopped and continues as if it had not been killed.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlir.utils.checkpoint import load_state, load_tensors, read_config, save_checkpoint
+
+
+def warmup_cosine(opt: torch.optim.Optimizer, warmup: int, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+
+
+def flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """AdamW state -> flat tensors for safetensors + a JSON layout for the rest (no pickle)."""
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{pid}.{k}"] = v
+            else:
+                scalars[f"{pid}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def unflatten_optimizer(tensors: dict, layout: dict) -> dict:
+    state: dict = {}
+    for key, v in list(tensors.items()) + list(layout["scalars"].items()):
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    return {"state": state, "param_groups": layout["param_groups"]}
+
+
+def save_train_state(path: Path, kind: str, model: torch.nn.Module, opt, sched, meta: dict,
+                     rngs: dict[str, np.random.Generator]) -> None:
+    opt_flat, layout = flatten_optimizer(opt.state_dict())
+    save_checkpoint(path, {"kind": kind, **meta, "sched": sched.state_dict(), "optim_layout": layout,
+                           "rngs": {k: g.bit_generator.state for k, g in rngs.items()}},
+                    {"model": model.state_dict(), "optim": opt_flat, "rng": {"torch": torch.get_rng_state()}})
+
+
+def load_train_state(path: Path, kind: str, model: torch.nn.Module, opt, sched,
+                     rngs: dict[str, np.random.Generator]) -> dict | None:
+    """Restore a train state if one is there; returns its meta (step, history, ...) or None."""
+    if not (Path(path) / "config.json").is_file():
+        return None
+    meta = read_config(path, kind=kind)
+    load_state(model, path)
+    opt.load_state_dict(unflatten_optimizer(load_tensors(path, "optim"), meta["optim_layout"]))
+    sched.load_state_dict(meta["sched"])
+    for k, g in rngs.items():
+        g.bit_generator.state = meta["rngs"][k]
+    torch.set_rng_state(load_tensors(path, "rng")["torch"])
+    return meta
+
+
+class RunLog:
+    """Scalars to TensorBoard and rows to metrics.jsonl (appended, so a resumed run keeps its past)."""
+
+    def __init__(self, out: Path):
+        from torch.utils.tensorboard import SummaryWriter
+        self.tb = SummaryWriter(str(Path(out) / "tb"))
+        self.f = open(Path(out) / "metrics.jsonl", "a")
+
+    def scalars(self, step: int, values: dict, prefix: str = "") -> None:
+        for k, v in values.items():
+            self.tb.add_scalar(f"{prefix}{k}", v, step)
+
+    def row(self, row: dict) -> None:
+        self.f.write(json.dumps(row) + "\n")
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+        self.tb.close()

@@ -1,0 +1,144 @@
+"""`rlir tokenizer train`: fit the VQ frame tokenizer on an episode store's training frames.
+
+Reports reconstruction PSNR on validation frames and codebook usage (the share of codes in use;
+the quantiser re-seeds dead codes from the batch, vector-quantize-pytorch's threshold_ema_dead_code).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlir.config import from_dict
+from rlir.data.sampler import ClipSampler, fixed_clips, load_clips
+from rlir.data.store import EpisodeStore
+from rlir.errors import ConfigError, DataError
+from rlir.models.tokenizer import TokenizerConfig, VQTokenizer, psnr, tokenizer_loss
+from rlir.training.loop import RunLog, load_train_state, save_train_state, warmup_cosine
+from rlir.utils.checkpoint import load_state, read_config, save_checkpoint
+from rlir.utils.io import atomic_write_json
+
+log = logging.getLogger("rlir.tokenizer")
+
+
+@dataclass
+class TokenizerTrainConfig:
+    data: str = "runs/demo/data"
+    out: str = "runs/demo/tokenizer"
+    model: TokenizerConfig = field(default_factory=TokenizerConfig)
+    seed: int = 0
+    batch_size: int = 32
+    steps: int = 1500
+    lr: float = 1e-3
+    warmup: int = 50
+    eval_every: int = 250
+    val_frames: int = 512
+    max_minutes: float = 0.0
+    threads: int = 0
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        if self.batch_size < 1 or self.steps < 1 or self.eval_every < 1:
+            raise ConfigError("batch_size, steps and eval_every must be positive")
+        self.model.validate()
+
+
+def check_resolution(store: EpisodeStore, hw, what: str) -> None:
+    if store.resolution and tuple(store.resolution) != tuple(hw):
+        raise DataError(f"{store.root} holds {store.resolution[0]}x{store.resolution[1]} frames but the {what} "
+                        f"takes {hw[0]}x{hw[1]}")
+
+
+def val_frames(store: EpisodeStore, n: int) -> np.ndarray:
+    windows = fixed_clips(store, 1, split="val", stride=7)
+    if not windows:
+        raise DataError(f"{store.root}: no validation episodes")
+    step = max(1, len(windows) // n)
+    return load_clips(store, windows[::step][:n], 1)["frames"][:, 0]
+
+
+@torch.no_grad()
+def evaluate_tokenizer(model: VQTokenizer, frames: np.ndarray, batch: int = 128) -> dict:
+    model.eval()
+    ps, used = [], torch.zeros(model.cfg.codebook_size, dtype=torch.long)
+    for s in range(0, len(frames), batch):
+        x = torch.from_numpy(frames[s:s + batch])
+        codes = model.encode(x)
+        ps.append(psnr(model.decode(codes), x))
+        used += torch.bincount(codes.flatten(), minlength=model.cfg.codebook_size)
+    p = used.float() / used.sum()
+    ent = -(p[p > 0] * p[p > 0].log()).sum()
+    return {"psnr": float(torch.cat(ps).clamp(max=99).mean()), "codebook_usage": float((used > 0).float().mean()),
+            "perplexity": float(ent.exp())}
+
+
+def load_tokenizer(path: str | Path, device: str = "cpu") -> VQTokenizer:
+    cfg = read_config(path, kind="tokenizer")
+    model = VQTokenizer(from_dict(TokenizerConfig, cfg["model"]))
+    load_state(model, path)
+    return model.to(device).eval()
+
+
+def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict:
+    from tqdm import tqdm
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    store = EpisodeStore(cfg.data, cache_size=1_000_000)
+    check_resolution(store, cfg.model.resolution, "tokenizer")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    model = VQTokenizer(cfg.model).to(cfg.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    sched = warmup_cosine(opt, cfg.warmup, cfg.steps)
+    sampler = ClipSampler(store, 1, cfg.batch_size, split="train", seed=cfg.seed)
+    vf = val_frames(store, cfg.val_frames)
+    last = out / "checkpoints" / "last"
+    meta = load_train_state(last, "tokenizer_train_state", model, opt, sched, {"sampler": sampler.rng})
+    step, best, history = (meta["step"], meta["best"], meta["history"]) if meta else (0, -1.0, [])
+    runlog = RunLog(out)
+    t0, t_start = time.time(), time.time() - (history[-1]["elapsed_s"] if history else 0.0)
+    bar = tqdm(total=cfg.steps, initial=step, desc="tokenizer", disable=not progress)
+    while step < cfg.steps:
+        model.train()
+        x = torch.from_numpy(sampler.sample()["frames"][:, 0]).to(cfg.device)
+        recon, _, vq_loss = model(x)
+        loss = tokenizer_loss(recon, model.to_float(x), vq_loss)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        out_of_time = cfg.max_minutes > 0 and (time.time() - t0) / 60 > cfg.max_minutes
+        if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
+            m = evaluate_tokenizer(model, vf)
+            row = {"step": step, "loss": float(loss.detach()), "elapsed_s": time.time() - t_start,
+                   **{f"val/{k}": v for k, v in m.items()}}
+            history.append(row)
+            runlog.row(row)
+            runlog.scalars(step, {"train/loss": row["loss"], **{k: v for k, v in row.items() if k.startswith("val/")}})
+            if m["psnr"] > best:
+                best = m["psnr"]
+                save_checkpoint(out / "checkpoints" / "best",
+                                {"kind": "tokenizer", "model": asdict(cfg.model), "step": step, "val": m},
+                                {"model": model.state_dict()})
+            save_train_state(last, "tokenizer_train_state", model, opt, sched,
+                             {"step": step, "best": best, "history": history}, {"sampler": sampler.rng})
+            log.info("step %d  val psnr %.2f dB  codebook usage %.2f", step, m["psnr"], m["codebook_usage"])
+            if out_of_time:
+                break
+    bar.close()
+    runlog.close()
+    summary = {"steps": step, "train_minutes": history[-1]["elapsed_s"] / 60 if history else 0.0,
+               "best_checkpoint": str(out / "checkpoints" / "best"), "best_val_psnr": best,
+               "last": history[-1] if history else {}}
+    atomic_write_json(out / "train_summary.json", summary)
+    return summary

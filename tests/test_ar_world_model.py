@@ -1,0 +1,180 @@
+"""The AR world model: token layout, sampler/scorer agreement, masks, training, checkpoints."""
+import numpy as np
+import pytest
+import torch
+
+from rlir.actions import TOKENS_PER_ACTION
+from rlir.data.store import EpisodeStore
+from rlir.errors import RlirError
+from rlir.models.ar_world_model import (PRESETS, ARConfig, build_llama, interleave, next_token_loss,
+                                        policy_logprobs, sample, score, split_frames)
+from rlir.models.tokenizer import TokenizerConfig, VQTokenizer, psnr
+from tests.conftest import make_episode
+
+CFG = ARConfig(n_codes=32, tokens_per_frame=6, clip_len=5, d_model=32, mlp=64, n_heads=4, n_layers=2)
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return build_llama(CFG).eval()
+
+
+def _rollout(model, top_p=0.8, temperature=1.0, seed=0, B=3):
+    g = torch.Generator().manual_seed(seed)
+    codes0 = torch.randint(0, CFG.n_codes, (B, CFG.tokens_per_frame), generator=g)
+    acts = torch.stack([torch.randint(0, 2, (B, CFG.clip_len - 1), generator=g) for _ in range(9)], -1)
+    return sample(model, CFG, codes0, acts, temperature=temperature, top_p=top_p, generator=g), codes0, acts
+
+
+def test_layout_round_trip():
+    model = _model()
+    r, codes0, acts = _rollout(model)
+    assert r.tokens.shape == (3, CFG.seq_len(CFG.clip_len))
+    frames = split_frames(r.tokens, CFG)
+    assert frames.shape == (3, CFG.clip_len, CFG.tokens_per_frame)
+    assert torch.equal(frames[:, 0], codes0)
+    tokens, vis = interleave(frames, acts, CFG.n_codes)
+    assert torch.equal(tokens, r.tokens)                      # the real actions were forced in, in order
+    assert (r.tokens[~vis] >= CFG.n_codes).all() and (r.tokens[vis] < CFG.n_codes).all()
+
+
+@pytest.mark.parametrize("top_p,temperature", [(0.8, 1.0), (1.0, 1.0), (0.9, 0.7)])
+def test_sampler_and_scorer_agree(top_p, temperature):
+    model = _model()
+    r, _, _ = _rollout(model, top_p=top_p, temperature=temperature)
+    lp = score(model, CFG, r.tokens, r.mask, temperature=temperature, top_p=top_p)
+    assert torch.isfinite(lp).all()
+    assert (lp - r.logps).abs().max().item() < 1e-4
+    assert (r.logps[r.mask > 0] < 0).all()                   # real log-probs where generated
+
+
+def test_mask_excludes_action_tokens_and_prompt():
+    model = _model()
+    r, _, _ = _rollout(model)
+    N, blk = CFG.tokens_per_frame, CFG.block
+    assert r.mask[:, :N].sum() == 0                                       # frame 0 is the prompt
+    for t in range(CFG.clip_len - 1):
+        assert r.mask[:, t * blk + N: t * blk + N + TOKENS_PER_ACTION].sum() == 0   # action tokens
+    assert r.mask.sum(1).eq((CFG.clip_len - 1) * N).all()
+
+
+def test_action_tokens_get_no_gradient_from_the_rl_loss():
+    model = _model()
+    r, _, _ = _rollout(model)
+    emb = model.get_input_embeddings()
+    lp = score(model, CFG, r.tokens, r.mask)
+    loss = -(lp * r.mask).sum()                       # any loss built on masked log-probs
+    loss.backward()
+    action_rows = emb.weight.grad[CFG.n_codes:]
+    head_rows = model.lm_head.weight.grad[CFG.n_codes:]
+    assert head_rows.abs().sum() == 0                # action tokens are never predicted
+    assert emb.weight.grad[:CFG.n_codes].abs().sum() > 0
+    assert action_rows.abs().sum() > 0               # they are inputs (context) -- that is fine ...
+    lp_actions = lp[r.mask == 0]
+    assert not lp_actions.requires_grad or lp_actions.abs().sum() == 0   # ... but carry no log-prob term
+
+
+def test_top_p_keeps_the_nucleus():
+    logits = torch.tensor([[3.0, 2.0, 1.0, -5.0]])
+    lp = policy_logprobs(logits, 4, 1.0, 0.8)
+    p = torch.softmax(logits, -1)[0]
+    kept = torch.isfinite(lp[0])
+    assert kept.tolist() == [True, True, False, False] and p[:2].sum() >= 0.8 > p[0]
+    assert torch.allclose(lp.exp().sum(), torch.tensor(1.0))
+
+
+def test_next_token_loss_learns_a_copy_task():
+    torch.manual_seed(0)
+    model = build_llama(CFG)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    codes = torch.randint(0, CFG.n_codes, (8, 1, CFG.tokens_per_frame)).repeat(1, CFG.clip_len, 1)  # a static scene
+    acts = torch.zeros(8, CFG.clip_len, 9, dtype=torch.long)
+    tokens, vis = interleave(codes, acts, CFG.n_codes)
+    with torch.no_grad():
+        first = float(next_token_loss(model, tokens, vis, CFG.tokens_per_frame))
+    for _ in range(60):
+        loss = next_token_loss(model, tokens, vis, CFG.tokens_per_frame)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert first > 3.0 and loss.item() < 0.5 * first
+
+
+def test_paper_presets_match_table_4():
+    table4 = {"300M": (1024, 4096, 16, 20), "700M": (2048, 4096, 32, 20), "1.2B": (2048, 8192, 32, 20)}
+    counts = {}
+    for name, dims in table4.items():
+        assert tuple(PRESETS[name][k] for k in ("d_model", "mlp", "n_heads", "n_layers")) == dims
+        c = ARConfig(n_codes=8192, tokens_per_frame=336, clip_len=16, **PRESETS[name])
+        with torch.device("meta"):
+            counts[name] = sum(p.numel() for p in build_llama(c).parameters())
+    # LLaMA blocks with a gated MLP at Table 4's sizes (MineWorld's names are nominal): 0.35B, 0.87B, 1.38B
+    assert 0.30e9 < counts["300M"] < 0.40e9 < 0.8e9 < counts["700M"] < 0.95e9 < 1.3e9 < counts["1.2B"] < 1.45e9
+
+
+def test_tokenizer_round_trip_shapes():
+    tok = VQTokenizer(TokenizerConfig(resolution=(16, 16), channels=(16, 16), dim=8, codebook_size=16)).eval()
+    x = torch.randint(0, 256, (2, 3, 16, 16, 3), dtype=torch.uint8)
+    codes = tok.encode(x)
+    assert codes.shape == (2, 3, 16) and codes.max() < 16
+    y = tok.decode(codes)
+    assert y.shape == x.shape and y.dtype == torch.uint8
+    assert torch.isinf(psnr(x, x)).all() and (psnr(x, y) < 40).all()
+
+
+def _store(tmp_path, n=6, T=12, hw=(16, 16)):
+    s = EpisodeStore.create(tmp_path / "data", metadata={"resolution": list(hw)})
+    for k in range(n):
+        s.add(f"e{k}", make_episode(T, hw, seed=k), split="val" if k == 0 else ("test" if k == 1 else "train"))
+    return s
+
+
+def test_train_tokenizer_then_world_model_and_generate(tmp_path):
+    from rlir.training.ar_trainer import ARTrainConfig, load_ar_world_model, train_ar
+    from rlir.training.tokenizer_trainer import TokenizerTrainConfig, load_tokenizer, train_tokenizer
+    _store(tmp_path)
+    tcfg = TokenizerTrainConfig(data=str(tmp_path / "data"), out=str(tmp_path / "tok"), batch_size=8, steps=6,
+                                eval_every=3, val_frames=8,
+                                model=TokenizerConfig(resolution=(16, 16), channels=(16, 16), dim=8, codebook_size=16))
+    s = train_tokenizer(tcfg, progress=False)
+    assert s["steps"] == 6 and np.isfinite(s["best_val_psnr"])
+    tok = load_tokenizer(tmp_path / "tok" / "checkpoints" / "best")
+    assert tok.cfg.codebook_size == 16
+    acfg = ARTrainConfig(data=str(tmp_path / "data"), tokenizer=str(tmp_path / "tok" / "checkpoints" / "best"),
+                         out=str(tmp_path / "wm"), batch_size=2, steps=4, eval_every=2, val_clips=2,
+                         model=ARConfig(clip_len=4))
+    s = train_ar(acfg, progress=False, explicit_model=dict(d_model=32, mlp=64, n_heads=4, n_layers=1))
+    assert s["steps"] == 4 and np.isfinite(s["best_val_loss"])
+    model, mcfg, tok2 = load_ar_world_model(tmp_path / "wm" / "checkpoints" / "best")
+    assert mcfg.n_codes == 16 and mcfg.tokens_per_frame == 16 and mcfg.d_model == 32
+    # resume: a longer run continues from the last state, not from scratch
+    acfg.steps = 6
+    s = train_ar(acfg, progress=False, explicit_model=dict(d_model=32, mlp=64, n_heads=4, n_layers=1))
+    rows = [l for l in (tmp_path / "wm" / "metrics.jsonl").read_text().splitlines()]
+    assert s["steps"] == 6 and len(rows) == 3
+    with pytest.raises(RlirError, match="not 'world_model'"):
+        load_ar_world_model(tmp_path / "tok" / "checkpoints" / "best")
+    # rlir generate (Contract 4): frame 0 is the real frame, the actions are the clip's, frames 1.. are new
+    from rlir.cli import main
+    gen = tmp_path / "gen"
+    assert main(["-q", "generate", "--world-model", str(tmp_path / "wm" / "checkpoints" / "best"), "--data",
+                 str(tmp_path / "data"), "--out", str(gen), "--frames", "4", "--split", "test"]) == 0
+    src, dst = EpisodeStore(tmp_path / "data"), EpisodeStore(gen)
+    assert dst.ids("test") == ["e1-00000", "e1-00004", "e1-00008"]
+    ep, real = dst.load("e1-00004"), src.load("e1").slice(4, 8)
+    assert ep.frames.shape == (4, 16, 16, 3) and np.array_equal(ep.frames[0], real.frames[0])
+    assert np.array_equal(ep.actions, real.actions) and not np.array_equal(ep.frames[1:], real.frames[1:])
+    assert "psnr_frames_1_to_T" in __import__("json").loads((gen / "generate_summary.json").read_text())
+
+
+def test_generate_rejects_the_wrong_checkpoint_kind(tmp_path, capsys):
+    from rlir.cli import main
+    from rlir.utils.checkpoint import save_checkpoint
+    _store(tmp_path)
+    save_checkpoint(tmp_path / "idm", {"kind": "idm"}, {"model": {"w": torch.zeros(1)}})
+    assert main(["-q", "generate", "--world-model", str(tmp_path / "idm"), "--data", str(tmp_path / "data"),
+                 "--out", str(tmp_path / "gen")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "is a 'idm' checkpoint, not 'world_model'" in err
+    assert main(["-q", "wm", "train", "--paradigm", "diffusion", "--data", str(tmp_path / "data"),
+                 "--out", str(tmp_path / "wm")]) == 2
