@@ -55,7 +55,7 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     if a.world_model:
-        from rlir.training.ar_trainer import load_ar_world_model
+        from rlir.training.wm_trainer import load_ar_world_model
         model, cfg, _ = load_ar_world_model(a.world_model)
     else:
         cfg = ARConfig()

@@ -98,6 +98,7 @@ def cmd_tokenizer_train(a) -> int:
     from rlir.config import load_config
     from rlir.training.tokenizer_trainer import TokenizerTrainConfig, train_tokenizer
     cfg = load_config(TokenizerTrainConfig, a.config, a.overrides, data=a.data, out=a.out)
+    cfg.model.quantize = a.verb == "tokenizer"      # the verb decides: discrete codes or continuous latents
     res = train_tokenizer(cfg, progress=not a.quiet)
     print(f"trained {res['steps']} steps in {res['train_minutes']:.1f} min; validation PSNR "
           f"{res['best_val_psnr']:.2f} dB; best checkpoint {res['best_checkpoint']}")
@@ -105,14 +106,15 @@ def cmd_tokenizer_train(a) -> int:
 
 
 def cmd_wm_train(a) -> int:
-    from rlir.config import ConfigError, load_config, merged_dict
-    if a.paradigm != "ar":
-        raise ConfigError(f"paradigm {a.paradigm!r} is not available in this version (only 'ar')")
-    from rlir.training.ar_trainer import ARTrainConfig, train_ar
-    cfg = load_config(ARTrainConfig, a.config, a.overrides, data=a.data, out=a.out, tokenizer=a.tokenizer,
-                      preset=a.preset)
-    explicit = merged_dict(a.config, a.overrides).get("model", {})   # model.* given by the user beat the preset
-    res = train_ar(cfg, progress=not a.quiet, explicit_model=explicit)
+    from rlir.config import load_config, merged_dict
+    from rlir.training.wm_trainer import WMTrainConfig, train_world_model
+    default = f"configs/wm/{'diffusion' if a.paradigm == 'diffusion' else 'ar'}_tiny.yaml"
+    config = a.config or default
+    cfg = load_config(WMTrainConfig, config, a.overrides, paradigm=a.paradigm, data=a.data, out=a.out,
+                      codec=a.tokenizer or a.autoencoder, preset=a.preset)
+    given = merged_dict(config, a.overrides)
+    explicit = given.get("model" if cfg.paradigm == "ar" else "dit", {})   # sizes given by the user beat the preset
+    res = train_world_model(cfg, progress=not a.quiet, explicit_model=explicit)
     print(f"trained {res['steps']} steps ({res['params'] / 1e6:.1f}M parameters) in {res['train_minutes']:.1f} min; "
           f"validation loss {res['best_val_loss']:.4f}; best checkpoint {res['best_checkpoint']}")
     return 0
@@ -122,7 +124,7 @@ def cmd_generate(a) -> int:
     from rlir.eval.generate import generate
     res = generate(a.world_model, a.data, a.out, frames=a.frames, seed=a.seed, split=a.split,
                    batch_size=a.batch_size, max_clips=a.max_clips, temperature=a.temperature, top_p=a.top_p,
-                   device=a.device, progress=not a.quiet)
+                   steps=a.steps, solver=a.solver, device=a.device, progress=not a.quiet)
     p = res.get("psnr_frames_1_to_T")
     extra = f"; PSNR of frames 1..{a.frames - 1} {p['mean']:.2f} dB [{p['ci95'][0]:.2f}, {p['ci95'][1]:.2f}]" if p else ""
     print(f"generated {res['clips']} clips of {a.frames} frames into {a.out}{extra}")
@@ -205,17 +207,26 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--out", required=True, help="run folder: checkpoints/{best,last}, metrics.jsonl, tb/")
     _add_config_args(tt, "configs/tokenizer/tiny.yaml")
     tt.set_defaults(func=cmd_tokenizer_train)
+    ae = sub.add_parser("autoencoder", help="the diffusion world model's continuous frame autoencoder")
+    aesub = ae.add_subparsers(dest="ae_verb", metavar="VERB")
+    aesub.required = True
+    aet = aesub.add_parser("train", help="train the autoencoder (configs/autoencoder/tiny.yaml)")
+    aet.add_argument("--data", required=True)
+    aet.add_argument("--out", required=True, help="run folder: checkpoints/{best,last}, metrics.jsonl, tb/")
+    _add_config_args(aet, "configs/autoencoder/tiny.yaml")
+    aet.set_defaults(func=cmd_tokenizer_train)
 
     w = sub.add_parser("wm", help="world models")
     wsub = w.add_subparsers(dest="wm_verb", metavar="VERB")
     wsub.required = True
     wt = wsub.add_parser("train", help="pretrain a world model")
-    wt.add_argument("--paradigm", default="ar", choices=["ar", "diffusion"])
+    wt.add_argument("--paradigm", choices=["ar", "diffusion"], help="default: ar")
     wt.add_argument("--data", required=True)
-    wt.add_argument("--tokenizer", help="tokenizer checkpoint (AR)")
+    wt.add_argument("--tokenizer", help="VQ tokenizer checkpoint (paradigm ar)")
+    wt.add_argument("--autoencoder", help="continuous autoencoder checkpoint (paradigm diffusion)")
     wt.add_argument("--out", required=True, help="run folder: checkpoints/{best,last}, metrics.jsonl, tb/")
-    wt.add_argument("--preset", help="model size: tiny, 300M, 700M or 1.2B (the paper's Table 4)")
-    _add_config_args(wt, "configs/wm/ar_tiny.yaml")
+    wt.add_argument("--preset", help="model size: ar tiny/300M/700M/1.2B (Table 4), diffusion tiny/310M/774M (Table 5)")
+    _add_config_args(wt, None)
     wt.set_defaults(func=cmd_wm_train)
 
     g = sub.add_parser("generate", help="roll a world model out on real clips (Contract 4)")
@@ -229,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-clips", type=int)
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--top-p", type=float, default=0.8, help="nucleus sampling (MineWorld's evaluation: 0.8)")
+    g.add_argument("--steps", type=int, default=18, help="diffusion: ODE steps (NFD's evaluation: 18)")
+    g.add_argument("--solver", default="dpm++", choices=["dpm++", "euler"], help="diffusion: ODE solver")
     g.add_argument("--device", default="cpu")
     g.set_defaults(func=cmd_generate)
 

@@ -8,7 +8,8 @@ from rlir.data.store import EpisodeStore
 from rlir.errors import RlirError
 from rlir.models.ar_world_model import (PRESETS, ARConfig, build_llama, interleave, next_token_loss,
                                         policy_logprobs, sample, score, split_frames)
-from rlir.models.tokenizer import TokenizerConfig, VQTokenizer, psnr
+from rlir.models.conv_ae import psnr
+from rlir.models.tokenizer import TokenizerConfig, VQTokenizer
 from tests.conftest import make_episode
 
 CFG = ARConfig(n_codes=32, tokens_per_frame=6, clip_len=5, d_model=32, mlp=64, n_heads=4, n_layers=2)
@@ -130,7 +131,7 @@ def _store(tmp_path, n=6, T=12, hw=(16, 16)):
 
 
 def test_train_tokenizer_then_world_model_and_generate(tmp_path):
-    from rlir.training.ar_trainer import ARTrainConfig, load_ar_world_model, train_ar
+    from rlir.training.wm_trainer import WMTrainConfig, load_ar_world_model, train_world_model
     from rlir.training.tokenizer_trainer import TokenizerTrainConfig, load_tokenizer, train_tokenizer
     _store(tmp_path)
     tcfg = TokenizerTrainConfig(data=str(tmp_path / "data"), out=str(tmp_path / "tok"), batch_size=8, steps=6,
@@ -140,16 +141,16 @@ def test_train_tokenizer_then_world_model_and_generate(tmp_path):
     assert s["steps"] == 6 and np.isfinite(s["best_val_psnr"])
     tok = load_tokenizer(tmp_path / "tok" / "checkpoints" / "best")
     assert tok.cfg.codebook_size == 16
-    acfg = ARTrainConfig(data=str(tmp_path / "data"), tokenizer=str(tmp_path / "tok" / "checkpoints" / "best"),
+    acfg = WMTrainConfig(data=str(tmp_path / "data"), codec=str(tmp_path / "tok" / "checkpoints" / "best"),
                          out=str(tmp_path / "wm"), batch_size=2, steps=4, eval_every=2, val_clips=2,
                          model=ARConfig(clip_len=4))
-    s = train_ar(acfg, progress=False, explicit_model=dict(d_model=32, mlp=64, n_heads=4, n_layers=1))
+    s = train_world_model(acfg, progress=False, explicit_model=dict(d_model=32, mlp=64, n_heads=4, n_layers=1))
     assert s["steps"] == 4 and np.isfinite(s["best_val_loss"])
     model, mcfg, tok2 = load_ar_world_model(tmp_path / "wm" / "checkpoints" / "best")
     assert mcfg.n_codes == 16 and mcfg.tokens_per_frame == 16 and mcfg.d_model == 32
     # resume: a longer run continues from the last state, not from scratch
     acfg.steps = 6
-    s = train_ar(acfg, progress=False, explicit_model=dict(d_model=32, mlp=64, n_heads=4, n_layers=1))
+    s = train_world_model(acfg, progress=False, explicit_model=dict(d_model=32, mlp=64, n_heads=4, n_layers=1))
     rows = [l for l in (tmp_path / "wm" / "metrics.jsonl").read_text().splitlines()]
     assert s["steps"] == 6 and len(rows) == 3
     with pytest.raises(RlirError, match="not 'world_model'"):

@@ -31,36 +31,40 @@ def bootstrap_ci(x: np.ndarray, n_boot: int = 1000, seed: int = 0) -> list[float
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
-class ARRollout:
-    """Frame 0 + actions -> generated frames, with the AR world model (tokens in between)."""
+class WorldModelRollout:
+    """Frame 0 + actions -> generated frames, through the world model's codec (tokens or latents)."""
 
-    def __init__(self, path: str | Path, device: str, temperature: float, top_p: float):
-        from rlir.training.ar_trainer import load_ar_world_model
-        self.model, self.cfg, self.tok = load_ar_world_model(path, device)
-        self.device, self.temperature, self.top_p = device, temperature, top_p
-        self.resolution = tuple(self.tok.cfg.resolution)
+    def __init__(self, path: str | Path, device: str = "cpu", temperature: float = 1.0, top_p: float = 0.8,
+                 steps: int = 18, solver: str = "dpm++"):
+        from rlir.training.wm_trainer import load_world_model_checkpoint
+        self.paradigm = read_config(path, kind="world_model").get("paradigm")
+        self.model, self.cfg, self.codec = load_world_model_checkpoint(path, device)
+        self.device, self.temperature, self.top_p, self.steps, self.solver = device, temperature, top_p, steps, solver
+        self.resolution = tuple(self.codec.cfg.resolution)
 
     @torch.no_grad()
     def __call__(self, frame0: torch.Tensor, actions: torch.Tensor, frames: int, generator) -> torch.Tensor:
-        from rlir.models.ar_world_model import sample, split_frames
-        codes0 = self.tok.encode(frame0.to(self.device))
-        r = sample(self.model, self.cfg, codes0, actions, frames=frames, temperature=self.temperature,
-                   top_p=self.top_p, generator=generator)
-        return self.tok.decode(split_frames(r.tokens, self.cfg)).cpu()
+        z0 = self.codec.encode(frame0.to(self.device))
+        if self.paradigm == "ar":            # top-p sampling of visual tokens (MineWorld's evaluation setting)
+            from rlir.models.ar_world_model import sample, split_frames
+            r = sample(self.model, self.cfg, z0, actions, frames=frames, temperature=self.temperature,
+                       top_p=self.top_p, generator=generator)
+            return self.codec.decode(split_frames(r.tokens, self.cfg)).cpu()
+        from rlir.models.flow_samplers import rollout   # the ODE (NFD's evaluation: DPM-Solver++, 18 steps)
+        latents = rollout(self.model, z0, actions.to(self.device), frames, steps=self.steps, mode="ode",
+                          solver=self.solver, generator=generator)
+        return self.codec.decode(latents).cpu()
 
 
-def load_world_model(path: str | Path, device: str = "cpu", temperature: float = 1.0, top_p: float = 0.8):
-    cfg = read_config(path, kind="world_model")
-    if cfg.get("paradigm") == "ar":
-        return ARRollout(path, device, temperature, top_p)
-    raise DataError(f"{path}: world-model paradigm {cfg.get('paradigm')!r} is not supported by this version")
+def load_world_model(path: str | Path, device: str = "cpu", **kw) -> WorldModelRollout:
+    return WorldModelRollout(path, device, **kw)
 
 
 def generate(world_model: str, data: str, out: str, frames: int = 16, seed: int = 0, split: str = "test",
              batch_size: int = 8, max_clips: int | None = None, temperature: float = 1.0, top_p: float = 0.8,
-             device: str = "cpu", progress: bool = True) -> dict:
+             steps: int = 18, solver: str = "dpm++", device: str = "cpu", progress: bool = True) -> dict:
     from tqdm import tqdm
-    wm = load_world_model(world_model, device, temperature, top_p)
+    wm = load_world_model(world_model, device, temperature=temperature, top_p=top_p, steps=steps, solver=solver)
     src = EpisodeStore(data)
     if src.resolution and tuple(src.resolution) != wm.resolution:
         raise DataError(f"{data} holds {src.resolution[0]}x{src.resolution[1]} frames but the world model "
@@ -70,7 +74,9 @@ def generate(world_model: str, data: str, out: str, frames: int = 16, seed: int 
         raise DataError(f"{data}: no {split} episode has {frames} frames")
     meta = {k: v for k, v in src.metadata.items() if k in ("format", "resolution", "null_groups", "source")}
     meta["generated"] = {"world_model": str(world_model), "data": str(data), "split": split, "frames": frames,
-                         "seed": seed, "temperature": temperature, "top_p": top_p}
+                         "seed": seed, "paradigm": wm.paradigm}
+    meta["generated"].update({"temperature": temperature, "top_p": top_p} if wm.paradigm == "ar" else
+                             {"steps": steps, "solver": solver})
     dst = EpisodeStore.create(out, metadata=meta, exist_ok=True)
     done = set(dst.ids())
     psnrs = []

@@ -1,4 +1,7 @@
-"""VQ frame tokenizer: image -> a grid of discrete codes -> image (the AR world model's vocabulary).
+"""Frame codecs: image -> a grid of latent tokens -> image.
+
+With `quantize` (the default) it is the AR world model's VQ tokenizer (discrete codes, its vocabulary);
+without, the diffusion world model's continuous autoencoder (latents scaled to unit variance).
 
     frame [B, H, W, 3] uint8
       -> conv encoder, `len(channels)` stride-2 stages    [B, dim, H/2^n, W/2^n]
@@ -18,6 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from vector_quantize_pytorch import VectorQuantize
 
+from rlir.models.conv_ae import conv_decoder, conv_encoder, to_float, to_uint8
+
 
 @dataclass
 class TokenizerConfig:
@@ -28,6 +33,7 @@ class TokenizerConfig:
     res_blocks: int = 1
     commitment_weight: float = 0.25
     dead_code_threshold: float = 1.0             # a code used less than this (EMA count) is re-seeded
+    quantize: bool = True                        # False: a continuous autoencoder (diffusion world model)
 
     def validate(self) -> None:
         from rlir.errors import ConfigError
@@ -48,70 +54,58 @@ class TokenizerConfig:
         return self.grid[0] * self.grid[1]
 
 
-class ResBlock(nn.Module):
-    def __init__(self, c: int):
-        super().__init__()
-        self.body = nn.Sequential(nn.GroupNorm(8, c), nn.SiLU(), nn.Conv2d(c, c, 3, padding=1),
-                                  nn.GroupNorm(8, c), nn.SiLU(), nn.Conv2d(c, c, 3, padding=1))
-
-    def forward(self, x):
-        return x + self.body(x)
-
-
 class VQTokenizer(nn.Module):
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
         self.cfg = cfg
-        ch = cfg.channels
-        enc, c = [nn.Conv2d(3, ch[0], 3, padding=1)], ch[0]
-        for cout in ch:
-            enc += [nn.Conv2d(c, cout, 4, stride=2, padding=1)] + [ResBlock(cout) for _ in range(cfg.res_blocks)]
-            c = cout
-        enc += [nn.GroupNorm(8, c), nn.SiLU(), nn.Conv2d(c, cfg.dim, 1)]
-        self.encoder = nn.Sequential(*enc)
-        self.vq = VectorQuantize(dim=cfg.dim, codebook_size=cfg.codebook_size, decay=0.99,
+        self.encoder = conv_encoder(cfg.channels, cfg.res_blocks, cfg.dim)
+        self.vq = None if not cfg.quantize else VectorQuantize(dim=cfg.dim, codebook_size=cfg.codebook_size, decay=0.99,
                                  commitment_weight=cfg.commitment_weight, kmeans_init=True, kmeans_iters=10,
                                  threshold_ema_dead_code=cfg.dead_code_threshold, accept_image_fmap=True)
-        dec, c = [nn.Conv2d(cfg.dim, ch[-1], 3, padding=1)], ch[-1]
-        for cout in reversed(ch):
-            dec += [ResBlock(c) for _ in range(cfg.res_blocks)] + [nn.ConvTranspose2d(c, cout, 4, stride=2, padding=1)]
-            c = cout
-        dec += [nn.GroupNorm(8, c), nn.SiLU(), nn.Conv2d(c, 3, 3, padding=1)]
-        self.decoder = nn.Sequential(*dec)
+        self.decoder = conv_decoder(cfg.channels, cfg.res_blocks, cfg.dim)
+        if not cfg.quantize:
+            self.register_buffer("latent_scale", torch.ones(()))   # running std of the latents
 
-    @staticmethod
-    def to_float(frames: torch.Tensor) -> torch.Tensor:   # uint8 [B, H, W, 3] -> [-1, 1] [B, 3, H, W]
-        return frames.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    @property
+    def kind(self) -> str:
+        return "tokenizer" if self.cfg.quantize else "autoencoder"
 
-    @staticmethod
-    def to_uint8(x: torch.Tensor) -> torch.Tensor:        # [-1, 1] [B, 3, H, W] -> uint8 [B, H, W, 3]
-        return x.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+    to_float, to_uint8 = staticmethod(to_float), staticmethod(to_uint8)
 
     def forward(self, frames: torch.Tensor):
-        """uint8 frames [B, H, W, 3] -> (reconstruction in [-1, 1] [B, 3, H, W], codes [B, h, w], vq loss)."""
-        z, codes, commit = self.vq(self.encoder(self.to_float(frames)))
+        """uint8 frames [B, H, W, 3] -> (reconstruction in [-1, 1] [B, 3, H, W], codes [B, h, w] or latents
+        [B, dim, h, w], auxiliary loss: the VQ commitment loss, or a small latent penalty)."""
+        z = self.encoder(self.to_float(frames))
+        if self.vq is None:
+            if self.training:
+                with torch.no_grad():
+                    self.latent_scale.lerp_(z.std(), 0.01)
+            return self.decoder(z), z, 1e-4 * z.pow(2).mean()
+        z, codes, commit = self.vq(z)
         return self.decoder(z), codes, commit.sum()
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 [..., H, W, 3] -> codes [..., h*w] (row-major: the order the AR model reads them)."""
+        """uint8 [..., H, W, 3] -> codes [..., h*w] (row-major: the order the AR model reads them), or
+        unit-scale latents [..., h*w, dim] without quantisation."""
         lead = frames.shape[:-3]
-        _, codes, _ = self.vq(self.encoder(self.to_float(frames.reshape(-1, *frames.shape[-3:]))))
+        z = self.encoder(self.to_float(frames.reshape(-1, *frames.shape[-3:])))
+        if self.vq is None:
+            return (z / self.latent_scale).flatten(2).transpose(1, 2).reshape(*lead, -1, self.cfg.dim)
+        _, codes, _ = self.vq(z)
         return codes.reshape(*lead, -1)
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes [..., h*w] -> uint8 frames [..., H, W, 3]."""
-        lead = codes.shape[:-1]
+        """codes [..., h*w] (or latents [..., h*w, dim]) -> uint8 frames [..., H, W, 3]."""
         h, w = self.cfg.grid
-        z = self.vq.get_output_from_indices(codes.reshape(-1, h, w).long())         # [N, dim, h, w]
+        if self.vq is None:
+            lead = codes.shape[:-2]
+            z = codes.reshape(-1, h, w, self.cfg.dim).permute(0, 3, 1, 2) * self.latent_scale
+        else:
+            lead = codes.shape[:-1]
+            z = self.vq.get_output_from_indices(codes.reshape(-1, h, w).long())     # [N, dim, h, w]
         return self.to_uint8(self.decoder(z)).reshape(*lead, *self.cfg.resolution, 3)
-
-
-def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB per image of uint8 frames [..., H, W, 3] (infinite where identical)."""
-    mse = (x.float() - y.float()).pow(2).flatten(-3).mean(-1)
-    return 10 * torch.log10(255.0 ** 2 / mse)
 
 
 def tokenizer_loss(recon: torch.Tensor, target: torch.Tensor, vq_loss: torch.Tensor) -> torch.Tensor:

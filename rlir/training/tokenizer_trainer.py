@@ -1,4 +1,4 @@
-"""`rlir tokenizer train`: fit the VQ frame tokenizer on an episode store's training frames.
+"""`rlir tokenizer train` / `rlir autoencoder train`: fit a frame codec on an episode store's training frames.
 
 Reports reconstruction PSNR on validation frames and codebook usage (the share of codes in use;
 the quantiser re-seeds dead codes from the batch, vector-quantize-pytorch's threshold_ema_dead_code).
@@ -17,7 +17,8 @@ from rlir.config import from_dict
 from rlir.data.sampler import ClipSampler, fixed_clips, load_clips
 from rlir.data.store import EpisodeStore
 from rlir.errors import ConfigError, DataError
-from rlir.models.tokenizer import TokenizerConfig, VQTokenizer, psnr, tokenizer_loss
+from rlir.models.conv_ae import psnr
+from rlir.models.tokenizer import TokenizerConfig, VQTokenizer, tokenizer_loss
 from rlir.training.loop import RunLog, load_train_state, save_train_state, warmup_cosine
 from rlir.utils.checkpoint import load_state, read_config, save_checkpoint
 from rlir.utils.io import atomic_write_json
@@ -69,15 +70,18 @@ def evaluate_tokenizer(model: VQTokenizer, frames: np.ndarray, batch: int = 128)
         x = torch.from_numpy(frames[s:s + batch])
         codes = model.encode(x)
         ps.append(psnr(model.decode(codes), x))
-        used += torch.bincount(codes.flatten(), minlength=model.cfg.codebook_size)
-    p = used.float() / used.sum()
-    ent = -(p[p > 0] * p[p > 0].log()).sum()
-    return {"psnr": float(torch.cat(ps).clamp(max=99).mean()), "codebook_usage": float((used > 0).float().mean()),
-            "perplexity": float(ent.exp())}
+        if model.cfg.quantize:
+            used += torch.bincount(codes.flatten(), minlength=model.cfg.codebook_size)
+    out = {"psnr": float(torch.cat(ps).clamp(max=99).mean())}
+    if model.cfg.quantize:
+        p = used.float() / used.sum()
+        out.update(codebook_usage=float((used > 0).float().mean()), perplexity=float((-(p[p > 0] * p[p > 0].log()).sum()).exp()))
+    return out
 
 
-def load_tokenizer(path: str | Path, device: str = "cpu") -> VQTokenizer:
-    cfg = read_config(path, kind="tokenizer")
+def load_tokenizer(path: str | Path, device: str = "cpu", kind: str = "tokenizer") -> VQTokenizer:
+    """A tokenizer (kind 'tokenizer') or continuous autoencoder (kind 'autoencoder') checkpoint."""
+    cfg = read_config(path, kind=kind)
     model = VQTokenizer(from_dict(TokenizerConfig, cfg["model"]))
     load_state(model, path)
     return model.to(device).eval()
@@ -103,7 +107,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict:
     step, best, history = (meta["step"], meta["best"], meta["history"]) if meta else (0, -1.0, [])
     runlog = RunLog(out)
     t0, t_start = time.time(), time.time() - (history[-1]["elapsed_s"] if history else 0.0)
-    bar = tqdm(total=cfg.steps, initial=step, desc="tokenizer", disable=not progress)
+    bar = tqdm(total=cfg.steps, initial=step, desc=model.kind, disable=not progress)
     while step < cfg.steps:
         model.train()
         x = torch.from_numpy(sampler.sample()["frames"][:, 0]).to(cfg.device)
@@ -128,11 +132,11 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict:
             if m["psnr"] > best:
                 best = m["psnr"]
                 save_checkpoint(out / "checkpoints" / "best",
-                                {"kind": "tokenizer", "model": asdict(cfg.model), "step": step, "val": m},
+                                {"kind": model.kind, "model": asdict(cfg.model), "step": step, "val": m},
                                 {"model": model.state_dict()})
             save_train_state(last, "tokenizer_train_state", model, opt, sched,
                              {"step": step, "best": best, "history": history}, {"sampler": sampler.rng})
-            log.info("step %d  val psnr %.2f dB  codebook usage %.2f", step, m["psnr"], m["codebook_usage"])
+            log.info("step %d  val psnr %.2f dB  codebook usage %.2f", step, m["psnr"], m.get("codebook_usage", float("nan")))
             if out_of_time:
                 break
     bar.close()

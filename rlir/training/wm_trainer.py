@@ -1,0 +1,228 @@
+"""`rlir wm train`: pretrain a world model on a frozen frame codec's tokens.
+
+paradigm 'ar': the LLaMA world model on VQ codes, next-token loss (rlir/models/ar_world_model.py).
+paradigm 'diffusion': the block-causal DiT on continuous latents, flow matching with per-frame noise
+levels (rlir/models/dit_world_model.py).
+
+Episodes are encoded once with the codec and cached in the run folder; training windows of
+`clip_len` frames are cut from the cache. The checkpoint is self-contained: it carries the codec's
+weights too, so `rlir generate` needs nothing else.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from rlir.config import from_dict
+from rlir.data.store import EpisodeStore
+from rlir.errors import ConfigError, DataError
+from rlir.models.ar_world_model import PRESETS as AR_PRESETS
+from rlir.models.ar_world_model import ARConfig, build_llama, interleave, next_token_loss
+from rlir.models.dit_world_model import PRESETS as DIT_PRESETS
+from rlir.models.dit_world_model import DiTConfig, DiTWorldModel, flow_matching_loss
+from rlir.models.tokenizer import TokenizerConfig, VQTokenizer
+from rlir.training.loop import RunLog, load_train_state, save_train_state, warmup_cosine
+from rlir.training.tokenizer_trainer import check_resolution, load_tokenizer
+from rlir.utils.checkpoint import load_state, read_config, save_checkpoint
+from rlir.utils.io import atomic_write_json
+
+log = logging.getLogger("rlir.wm")
+
+
+@dataclass
+class WMTrainConfig:
+    paradigm: str = "ar"               # "ar" | "diffusion"
+    data: str = "runs/demo/data"
+    codec: str = "runs/demo/tokenizer/checkpoints/best"   # AR: the VQ tokenizer; diffusion: the autoencoder
+    out: str = "runs/demo/wm_ar"
+    preset: str = "tiny"               # AR: tiny | 300M | 700M | 1.2B (Table 4); diffusion: tiny | 310M | 774M (Table 5)
+    model: ARConfig = field(default_factory=ARConfig)       # AR sizes (model.* beat the preset)
+    dit: DiTConfig = field(default_factory=DiTConfig)       # diffusion sizes (dit.* beat the preset)
+    seed: int = 0
+    batch_size: int = 8
+    steps: int = 1500
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup: int = 100
+    eval_every: int = 250
+    val_clips: int = 32
+    max_minutes: float = 0.0
+    threads: int = 0
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        if self.paradigm not in ("ar", "diffusion"):
+            raise ConfigError(f"paradigm must be 'ar' or 'diffusion', got {self.paradigm!r}")
+        presets = AR_PRESETS if self.paradigm == "ar" else DIT_PRESETS
+        if self.preset not in presets:
+            raise ConfigError(f"preset for paradigm {self.paradigm!r} must be one of {sorted(presets)}, "
+                              f"got {self.preset!r}")
+        if self.batch_size < 1 or self.steps < 1 or self.eval_every < 1:
+            raise ConfigError("batch_size, steps and eval_every must be positive")
+        self.model.validate()
+
+
+def encode_store(tok: VQTokenizer, store: EpisodeStore, cache: Path, splits=("train", "val", "test"),
+                 progress: bool = True) -> dict[str, torch.Tensor]:
+    """Codes [T, N] (int16) or latents [T, N, C] (float16) of every episode in `splits`, cached."""
+    from tqdm import tqdm
+    ids = [i for s in splits for i in store.ids(s)]
+    if cache.is_file():
+        codes = load_file(str(cache))
+        if all(i in codes for i in ids):
+            return codes
+    codes = {}
+    dtype = torch.int16 if tok.cfg.quantize else torch.float16
+    for i in tqdm(ids, desc="encode", disable=not progress):
+        frames = torch.from_numpy(store.load(i).frames)
+        codes[i] = torch.cat([tok.encode(frames[s:s + 256]) for s in range(0, len(frames), 256)]).to(dtype)
+    tmp = cache.with_suffix(".tmp")
+    save_file(codes, str(tmp))
+    tmp.replace(cache)
+    return codes
+
+
+def windows(codes: dict, store: EpisodeStore, ids: list[str], T: int, rng: np.random.Generator | None,
+            n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n windows of T frames: random (rng given) or the first n fixed ones -> codes [n, T, N], actions [n, T, 9]."""
+    ids = [i for i in ids if len(codes[i]) >= T]
+    if not ids:
+        raise DataError(f"{store.root}: no episode has {T} frames")
+    if rng is None:
+        picks = [(i, s) for i in ids for s in range(0, len(codes[i]) - T + 1, T)][:n]
+    else:
+        w = np.array([len(codes[i]) - T + 1 for i in ids], dtype=np.float64)
+        ks = rng.choice(len(ids), size=n, p=w / w.sum())
+        picks = [(ids[k], int(rng.integers(0, len(codes[ids[k]]) - T + 1))) for k in ks]
+    c = torch.stack([codes[i][s:s + T] for i, s in picks])
+    c = c.long() if c.dtype == torch.int16 else c.float()
+    a = torch.stack([torch.from_numpy(store.load(i).actions[s:s + T].astype(np.int64)) for i, s in picks])
+    return c, a
+
+
+def resolve_model_config(cfg: WMTrainConfig, tok_cfg: TokenizerConfig, explicit: dict | None = None):
+    """The preset's sizes, the codec's vocabulary/latent size and grid, then any explicit model.* / dit.* values."""
+    if cfg.paradigm == "ar":
+        d = {**asdict(cfg.model), **AR_PRESETS[cfg.preset], **(explicit or {})}
+        d.update(n_codes=tok_cfg.codebook_size, tokens_per_frame=tok_cfg.tokens_per_frame)
+        return from_dict(ARConfig, d)
+    d = {**asdict(cfg.dit), **DIT_PRESETS[cfg.preset], **(explicit or {})}
+    d.update(latent_dim=tok_cfg.dim, tokens_per_frame=tok_cfg.tokens_per_frame)
+    return from_dict(DiTConfig, d)
+
+
+def build_world_model(mcfg):
+    return build_llama(mcfg) if isinstance(mcfg, ARConfig) else DiTWorldModel(mcfg)
+
+
+def wm_loss(model, mcfg, c: torch.Tensor, a: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Next-token loss (AR) or diffusion-forcing flow matching (diffusion) of windows c [B, T, N(, C)]."""
+    if isinstance(mcfg, ARConfig):
+        tok, vis = interleave(c, a, mcfg.n_codes)
+        return next_token_loss(model, tok, vis, mcfg.tokens_per_frame)
+    return flow_matching_loss(model, c, a.to(c.device), generator)
+
+
+@torch.no_grad()
+def val_loss(model, mcfg, c: torch.Tensor, a: torch.Tensor, device: str, batch: int = 8) -> float:
+    model.eval()
+    g = torch.Generator(device=device).manual_seed(0)      # the same noise every evaluation
+    losses = [float(wm_loss(model, mcfg, c[s:s + batch].to(device), a[s:s + batch], g)) for s in range(0, len(c), batch)]
+    return float(np.mean(losses))
+
+
+def wm_checkpoint_config(mcfg, tok_cfg: TokenizerConfig, extra: dict) -> dict:
+    paradigm = "ar" if isinstance(mcfg, ARConfig) else "diffusion"
+    return {"kind": "world_model", "paradigm": paradigm, "model": asdict(mcfg), "codec": asdict(tok_cfg), **extra}
+
+
+def load_world_model_checkpoint(path: str | Path, device: str = "cpu", paradigm: str | None = None):
+    """A world-model checkpoint -> (model, its config, its codec), in eval mode."""
+    cfg = read_config(path, kind="world_model")
+    if paradigm is not None and cfg.get("paradigm") != paradigm:
+        raise DataError(f"{path}: a {cfg.get('paradigm')!r} world model, not a {paradigm!r} one")
+    mcfg = from_dict(ARConfig if cfg.get("paradigm") == "ar" else DiTConfig, cfg["model"])
+    model = build_world_model(mcfg)
+    load_state(model, path)
+    tok = VQTokenizer(from_dict(TokenizerConfig, cfg["codec"]))
+    load_state(tok, path, "codec")
+    return model.to(device).eval(), mcfg, tok.to(device).eval()
+
+
+def load_ar_world_model(path: str | Path, device: str = "cpu"):
+    return load_world_model_checkpoint(path, device, "ar")
+
+
+def train_world_model(cfg: WMTrainConfig, progress: bool = True, explicit_model: dict | None = None) -> dict:
+    from tqdm import tqdm
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    codec_kind = "tokenizer" if cfg.paradigm == "ar" else "autoencoder"
+    tok = load_tokenizer(cfg.codec, cfg.device, kind=codec_kind)
+    store = EpisodeStore(cfg.data, cache_size=1_000_000)
+    check_resolution(store, tok.cfg.resolution, codec_kind)
+    mcfg = resolve_model_config(cfg, tok.cfg, explicit_model)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    codes = encode_store(tok, store, out / ("codes.safetensors" if cfg.paradigm == "ar" else "latents.safetensors"),
+                         progress=progress)
+    torch.manual_seed(cfg.seed)
+    model = build_world_model(mcfg).to(cfg.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    sched = warmup_cosine(opt, cfg.warmup, cfg.steps)
+    rng = np.random.default_rng(cfg.seed)
+    vc, va = windows(codes, store, store.ids("val"), mcfg.clip_len, None, cfg.val_clips)
+    last = out / "checkpoints" / "last"
+    meta = load_train_state(last, "wm_train_state", model, opt, sched, {"windows": rng})
+    step, best, history = (meta["step"], meta["best"], meta["history"]) if meta else (0, 1e9, [])
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("%s world model: %.2fM parameters", cfg.paradigm, n_params / 1e6)
+    runlog = RunLog(out)
+    tok_state = {k: v for k, v in tok.state_dict().items()}
+    t0, t_start = time.time(), time.time() - (history[-1]["elapsed_s"] if history else 0.0)
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"wm {cfg.paradigm}", disable=not progress)
+    while step < cfg.steps:
+        model.train()
+        c, a = windows(codes, store, store.ids("train"), mcfg.clip_len, rng, cfg.batch_size)
+        loss = wm_loss(model, mcfg, c.to(cfg.device), a)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if step % 25 == 0:
+            runlog.scalars(step, {"train/loss": loss.item(), "train/lr": sched.get_last_lr()[0]})
+        out_of_time = cfg.max_minutes > 0 and (time.time() - t0) / 60 > cfg.max_minutes
+        if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
+            vl = val_loss(model, mcfg, vc, va, cfg.device)
+            row = {"step": step, "loss": float(loss.detach()), "val/loss": vl, "elapsed_s": time.time() - t_start}
+            history.append(row)
+            runlog.row(row)
+            runlog.scalars(step, {"val/loss": vl})
+            if vl < best:
+                best = vl
+                save_checkpoint(out / "checkpoints" / "best",
+                                wm_checkpoint_config(mcfg, tok.cfg, {"step": step, "val_loss": vl,
+                                                                     "codec_checkpoint": str(cfg.codec)}),
+                                {"model": model.state_dict(), "codec": tok_state})
+            save_train_state(last, "wm_train_state", model, opt, sched,
+                             {"step": step, "best": best, "history": history}, {"windows": rng})
+            log.info("step %d  val loss %.4f", step, vl)
+            if out_of_time:
+                break
+    bar.close()
+    runlog.close()
+    summary = {"steps": step, "params": n_params, "train_minutes": history[-1]["elapsed_s"] / 60 if history else 0.0,
+               "best_checkpoint": str(out / "checkpoints" / "best"), "best_val_loss": best}
+    atomic_write_json(out / "train_summary.json", summary)
+    return summary
