@@ -199,22 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
     ie.add_argument("--out", help="write the metrics as JSON here")
     ie.set_defaults(func=cmd_idm_eval)
 
-    t = sub.add_parser("tokenizer", help="the AR world model's VQ frame tokenizer")
-    tsub = t.add_subparsers(dest="tokenizer_verb", metavar="VERB")
-    tsub.required = True
-    tt = tsub.add_parser("train", help="train the VQ tokenizer (configs/tokenizer/tiny.yaml)")
-    tt.add_argument("--data", required=True)
-    tt.add_argument("--out", required=True, help="run folder: checkpoints/{best,last}, metrics.jsonl, tb/")
-    _add_config_args(tt, "configs/tokenizer/tiny.yaml")
-    tt.set_defaults(func=cmd_tokenizer_train)
-    ae = sub.add_parser("autoencoder", help="the diffusion world model's continuous frame autoencoder")
-    aesub = ae.add_subparsers(dest="ae_verb", metavar="VERB")
-    aesub.required = True
-    aet = aesub.add_parser("train", help="train the autoencoder (configs/autoencoder/tiny.yaml)")
-    aet.add_argument("--data", required=True)
-    aet.add_argument("--out", required=True, help="run folder: checkpoints/{best,last}, metrics.jsonl, tb/")
-    _add_config_args(aet, "configs/autoencoder/tiny.yaml")
-    aet.set_defaults(func=cmd_tokenizer_train)
+    for verb, what, config in (("tokenizer", "the AR world model's VQ frame tokenizer", "tokenizer"),
+                               ("autoencoder", "the diffusion world model's continuous frame autoencoder", "autoencoder")):
+        t = sub.add_parser(verb, help=what)
+        tsub = t.add_subparsers(dest=f"{verb}_verb", metavar="VERB")
+        tsub.required = True
+        tt = tsub.add_parser("train", help=f"train {what} (configs/{config}/tiny.yaml)")
+        tt.add_argument("--data", required=True)
+        tt.add_argument("--out", required=True, help="run folder: checkpoints/{best,last}, metrics.jsonl, tb/")
+        _add_config_args(tt, f"configs/{config}/tiny.yaml")
+        tt.set_defaults(func=cmd_tokenizer_train)
 
     w = sub.add_parser("wm", help="world models")
     wsub = w.add_subparsers(dest="wm_verb", metavar="VERB")

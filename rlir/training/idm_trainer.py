@@ -23,41 +23,30 @@ from rlir.data.store import EpisodeStore
 from rlir.errors import ConfigError, DataError
 from rlir.eval.action_metrics import action_metrics
 from rlir.models.idm import IDMConfig, build_idm
-from rlir.training.loop import load_train_state, save_train_state, warmup_cosine
+from rlir.training.loop import LoopConfig, load_train_state, save_train_state, warmup_cosine
 from rlir.utils.checkpoint import load_state, read_config, save_checkpoint
 
 log = logging.getLogger("rlir.idm")
 
 
 @dataclass
-class IDMTrainConfig:
+class IDMTrainConfig(LoopConfig):
     data: str = "runs/demo/data"
     out: str = "runs/demo/idm"
     model: IDMConfig = field(default_factory=IDMConfig)
     subset: str = "a"                 # "a" / "b": disjoint halves of the training recordings; "all"
-    seed: int = 0
-    batch_size: int = 16
     steps: int = 2500
-    lr: float = 1e-3
     weight_decay: float = 0.05
-    warmup: int = 100
     grad_clip: float = 1.0
-    eval_every: int = 250
     val_clips: int = 256
     class_weight_power: float = 0.5
     aug_brightness: float = 0.2
     aug_shift: int = 3
-    max_minutes: float = 0.0          # stop early when the wall clock runs out (0: no limit)
-    threads: int = 0                  # torch threads (0: torch's default)
-    device: str = "cpu"
 
     def validate(self) -> None:
+        super().validate()
         if self.subset not in ("a", "b", "all"):
             raise ConfigError(f"subset must be 'a', 'b' or 'all', got {self.subset!r}")
-        if self.batch_size < 1 or self.steps < 1 or self.eval_every < 1:
-            raise ConfigError("batch_size, steps and eval_every must be positive")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
 
 
 def recording_key(entry: dict) -> str:

@@ -8,12 +8,34 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from rlir.errors import ConfigError
 from rlir.utils.checkpoint import load_state, load_tensors, read_config, save_checkpoint
+
+
+@dataclass
+class LoopConfig:
+    """The optimisation settings every trainer has (each trainer's config adds its own)."""
+    seed: int = 0
+    batch_size: int = 16
+    steps: int = 1000
+    lr: float = 1e-3
+    warmup: int = 100
+    eval_every: int = 250
+    max_minutes: float = 0.0          # stop early when the wall clock runs out (0: no limit)
+    threads: int = 0                  # torch threads (0: torch's default)
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        if self.batch_size < 1 or self.steps < 1 or self.eval_every < 1:
+            raise ConfigError("batch_size, steps and eval_every must be positive")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
 
 
 def warmup_cosine(opt: torch.optim.Optimizer, warmup: int, steps: int) -> torch.optim.lr_scheduler.LambdaLR:

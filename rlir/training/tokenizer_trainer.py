@@ -16,10 +16,10 @@ import torch
 from rlir.config import from_dict
 from rlir.data.sampler import ClipSampler, fixed_clips, load_clips
 from rlir.data.store import EpisodeStore
-from rlir.errors import ConfigError, DataError
+from rlir.errors import DataError
 from rlir.models.conv_ae import psnr
 from rlir.models.tokenizer import TokenizerConfig, VQTokenizer, tokenizer_loss
-from rlir.training.loop import RunLog, load_train_state, save_train_state, warmup_cosine
+from rlir.training.loop import LoopConfig, RunLog, load_train_state, save_train_state, warmup_cosine
 from rlir.utils.checkpoint import load_state, read_config, save_checkpoint
 from rlir.utils.io import atomic_write_json
 
@@ -27,24 +27,17 @@ log = logging.getLogger("rlir.tokenizer")
 
 
 @dataclass
-class TokenizerTrainConfig:
+class TokenizerTrainConfig(LoopConfig):
     data: str = "runs/demo/data"
     out: str = "runs/demo/tokenizer"
     model: TokenizerConfig = field(default_factory=TokenizerConfig)
-    seed: int = 0
     batch_size: int = 32
     steps: int = 1500
-    lr: float = 1e-3
     warmup: int = 50
-    eval_every: int = 250
     val_frames: int = 512
-    max_minutes: float = 0.0
-    threads: int = 0
-    device: str = "cpu"
 
     def validate(self) -> None:
-        if self.batch_size < 1 or self.steps < 1 or self.eval_every < 1:
-            raise ConfigError("batch_size, steps and eval_every must be positive")
+        super().validate()
         self.model.validate()
 
 

@@ -27,7 +27,7 @@ from rlir.models.ar_world_model import ARConfig, build_llama, interleave, next_t
 from rlir.models.dit_world_model import PRESETS as DIT_PRESETS
 from rlir.models.dit_world_model import DiTConfig, DiTWorldModel, flow_matching_loss
 from rlir.models.tokenizer import TokenizerConfig, VQTokenizer
-from rlir.training.loop import RunLog, load_train_state, save_train_state, warmup_cosine
+from rlir.training.loop import LoopConfig, RunLog, load_train_state, save_train_state, warmup_cosine
 from rlir.training.tokenizer_trainer import check_resolution, load_tokenizer
 from rlir.utils.checkpoint import load_state, read_config, save_checkpoint
 from rlir.utils.io import atomic_write_json
@@ -36,7 +36,7 @@ log = logging.getLogger("rlir.wm")
 
 
 @dataclass
-class WMTrainConfig:
+class WMTrainConfig(LoopConfig):
     paradigm: str = "ar"               # "ar" | "diffusion"
     data: str = "runs/demo/data"
     codec: str = "runs/demo/tokenizer/checkpoints/best"   # AR: the VQ tokenizer; diffusion: the autoencoder
@@ -44,28 +44,21 @@ class WMTrainConfig:
     preset: str = "tiny"               # AR: tiny | 300M | 700M | 1.2B (Table 4); diffusion: tiny | 310M | 774M (Table 5)
     model: ARConfig = field(default_factory=ARConfig)       # AR sizes (model.* beat the preset)
     dit: DiTConfig = field(default_factory=DiTConfig)       # diffusion sizes (dit.* beat the preset)
-    seed: int = 0
     batch_size: int = 8
     steps: int = 1500
-    lr: float = 1e-3
     weight_decay: float = 0.1
-    warmup: int = 100
-    eval_every: int = 250
     val_clips: int = 32
-    max_minutes: float = 0.0
-    threads: int = 0
-    device: str = "cpu"
 
     def validate(self) -> None:
+        super().validate()
         if self.paradigm not in ("ar", "diffusion"):
             raise ConfigError(f"paradigm must be 'ar' or 'diffusion', got {self.paradigm!r}")
         presets = AR_PRESETS if self.paradigm == "ar" else DIT_PRESETS
         if self.preset not in presets:
             raise ConfigError(f"preset for paradigm {self.paradigm!r} must be one of {sorted(presets)}, "
                               f"got {self.preset!r}")
-        if self.batch_size < 1 or self.steps < 1 or self.eval_every < 1:
-            raise ConfigError("batch_size, steps and eval_every must be positive")
         self.model.validate()
+        self.dit.validate()
 
 
 def encode_store(tok: VQTokenizer, store: EpisodeStore, cache: Path, splits=("train", "val", "test"),
