@@ -23,7 +23,7 @@ from rlir.data.store import EpisodeStore
 from rlir.errors import ConfigError, DataError
 from rlir.eval.action_metrics import action_metrics
 from rlir.models.idm import IDMConfig, build_idm
-from rlir.training.loop import LoopConfig, load_train_state, save_train_state, warmup_cosine
+from rlir.training.loop import LoopConfig, load_train_state, optimizer_step, save_train_state, warmup_cosine
 from rlir.utils.checkpoint import load_state, read_config, save_checkpoint
 
 log = logging.getLogger("rlir.idm")
@@ -199,11 +199,7 @@ def train_idm(cfg: IDMTrainConfig, progress: bool = True, stop_at_step: int | No
         frames = augment(torch.from_numpy(b["frames"]), aug_rng, cfg.aug_brightness, cfg.aug_shift)
         logits = model(frames.to(cfg.device))
         loss, parts = idm_loss(logits, torch.from_numpy(b["actions"]).to(cfg.device), weights)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
+        optimizer_step(loss, model, opt, sched, cfg.grad_clip)
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")

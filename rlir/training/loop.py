@@ -43,6 +43,16 @@ def warmup_cosine(opt: torch.optim.Optimizer, warmup: int, steps: int) -> torch.
         opt, lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
 
 
+def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, opt, sched, grad_clip: float = 1.0) -> float:
+    """Backward, clip the gradient norm, step the optimizer and the schedule; returns the loss value."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    sched.step()
+    return loss.item()
+
+
 def flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
     """AdamW state -> flat tensors for safetensors + a JSON layout for the rest (no pickle)."""
     tensors, scalars = {}, {}

@@ -19,7 +19,8 @@ from rlir.data.store import EpisodeStore
 from rlir.errors import DataError
 from rlir.models.conv_ae import psnr
 from rlir.models.tokenizer import TokenizerConfig, VQTokenizer, tokenizer_loss
-from rlir.training.loop import LoopConfig, RunLog, load_train_state, save_train_state, warmup_cosine
+from rlir.training.loop import (LoopConfig, RunLog, load_train_state, optimizer_step, save_train_state,
+                                 warmup_cosine)
 from rlir.utils.checkpoint import load_state, read_config, save_checkpoint
 from rlir.utils.io import atomic_write_json
 
@@ -106,11 +107,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict:
         x = torch.from_numpy(sampler.sample()["frames"][:, 0]).to(cfg.device)
         recon, _, vq_loss = model(x)
         loss = tokenizer_loss(recon, model.to_float(x), vq_loss)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(loss, model, opt, sched, 1.0)
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")

@@ -27,7 +27,8 @@ from rlir.models.ar_world_model import ARConfig, build_llama, interleave, next_t
 from rlir.models.dit_world_model import PRESETS as DIT_PRESETS
 from rlir.models.dit_world_model import DiTConfig, DiTWorldModel, flow_matching_loss
 from rlir.models.tokenizer import TokenizerConfig, VQTokenizer
-from rlir.training.loop import LoopConfig, RunLog, load_train_state, save_train_state, warmup_cosine
+from rlir.training.loop import (LoopConfig, RunLog, load_train_state, optimizer_step, save_train_state,
+                                 warmup_cosine)
 from rlir.training.tokenizer_trainer import check_resolution, load_tokenizer
 from rlir.utils.checkpoint import load_state, read_config, save_checkpoint
 from rlir.utils.io import atomic_write_json
@@ -185,11 +186,7 @@ def train_world_model(cfg: WMTrainConfig, progress: bool = True, explicit_model:
         model.train()
         c, a = windows(codes, store, store.ids("train"), mcfg.clip_len, rng, cfg.batch_size)
         loss = wm_loss(model, mcfg, c.to(cfg.device), a)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(loss, model, opt, sched, 1.0)
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")
