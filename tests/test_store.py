@@ -125,3 +125,13 @@ def test_clip_sampler_windows(tmp_path):
     w = fixed_clips(store, 16, split="train")
     assert w == [("e1", 0), ("e1", 16), ("e2", 0)]
     assert load_clips(store, w, 16)["frames"].shape[0] == 3
+
+
+def test_require_resolution_names_both_sizes(tmp_path):
+    import pytest
+    from rlir.data.store import EpisodeStore
+    from rlir.errors import DataError
+    s = EpisodeStore.create(tmp_path / "d", metadata={"resolution": [48, 64]})
+    s.require_resolution((48, 64), "IDM")
+    with pytest.raises(DataError, match="holds 48x64 frames but the world model takes 96x128"):
+        s.require_resolution((96, 128), "world model")

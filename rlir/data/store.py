@@ -183,6 +183,12 @@ class EpisodeStore:
         r = self.metadata.get("resolution")
         return (int(r[0]), int(r[1])) if r else None
 
+    def require_resolution(self, hw, what: str) -> None:
+        """A clear error when a model (`what`) takes frames of another size than this store holds."""
+        if self.resolution and self.resolution != tuple(hw):
+            raise DataError(f"{self.root} holds {self.resolution[0]}x{self.resolution[1]} frames but the {what} "
+                            f"takes {hw[0]}x{hw[1]}")
+
     def ids(self, split: str | None = None) -> list[str]:
         return [e["id"] for e in self.entries if split is None or e["split"] == split]
 

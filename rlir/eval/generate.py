@@ -66,9 +66,7 @@ def generate(world_model: str, data: str, out: str, frames: int = 16, seed: int 
     from tqdm import tqdm
     wm = load_world_model(world_model, device, temperature=temperature, top_p=top_p, steps=steps, solver=solver)
     src = EpisodeStore(data)
-    if src.resolution and tuple(src.resolution) != wm.resolution:
-        raise DataError(f"{data} holds {src.resolution[0]}x{src.resolution[1]} frames but the world model "
-                        f"makes {wm.resolution[0]}x{wm.resolution[1]}")
+    src.require_resolution(wm.resolution, "world model")
     windows = fixed_clips(src, frames, split=split, max_clips=max_clips)
     if not windows:
         raise DataError(f"{data}: no {split} episode has {frames} frames")

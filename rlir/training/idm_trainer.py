@@ -121,15 +121,9 @@ def predict(model: torch.nn.Module, frames: np.ndarray | torch.Tensor, batch_siz
     return torch.cat(out).numpy().astype(np.int64)
 
 
-def check_resolution(store: EpisodeStore, model_hw) -> None:
-    if store.resolution and tuple(store.resolution) != tuple(model_hw):
-        raise DataError(f"{store.root} holds {store.resolution[0]}x{store.resolution[1]} frames but the IDM "
-                        f"takes {model_hw[0]}x{model_hw[1]}")
-
-
 def evaluate_idm(model, store: EpisodeStore, split: str, clip_len: int, max_clips: int | None = None,
                  n_boot: int = 1000, device: str = "cpu") -> dict:
-    check_resolution(store, model.cfg.resolution)
+    store.require_resolution(model.cfg.resolution, "IDM")
     windows = fixed_clips(store, clip_len, split=split, max_clips=max_clips)
     if not windows:
         raise DataError(f"{store.root}: no {split} episode has {clip_len} frames to evaluate on")
@@ -166,7 +160,7 @@ def train_idm(cfg: IDMTrainConfig, progress: bool = True, stop_at_step: int | No
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     store = EpisodeStore(cfg.data, cache_size=1_000_000)
-    check_resolution(store, cfg.model.resolution)
+    store.require_resolution(cfg.model.resolution, "IDM")
     ids = subset_ids(store, cfg.subset)
     if not ids:
         raise DataError(f"{cfg.data}: no training episodes in subset {cfg.subset!r}")

@@ -42,12 +42,6 @@ class TokenizerTrainConfig(LoopConfig):
         self.model.validate()
 
 
-def check_resolution(store: EpisodeStore, hw, what: str) -> None:
-    if store.resolution and tuple(store.resolution) != tuple(hw):
-        raise DataError(f"{store.root} holds {store.resolution[0]}x{store.resolution[1]} frames but the {what} "
-                        f"takes {hw[0]}x{hw[1]}")
-
-
 def val_frames(store: EpisodeStore, n: int) -> np.ndarray:
     windows = fixed_clips(store, 1, split="val", stride=7)
     if not windows:
@@ -87,7 +81,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     store = EpisodeStore(cfg.data, cache_size=1_000_000)
-    check_resolution(store, cfg.model.resolution, "tokenizer")
+    store.require_resolution(cfg.model.resolution, "tokenizer" if cfg.model.quantize else "autoencoder")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)

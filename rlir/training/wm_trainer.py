@@ -29,7 +29,7 @@ from rlir.models.dit_world_model import DiTConfig, DiTWorldModel, flow_matching_
 from rlir.models.tokenizer import TokenizerConfig, VQTokenizer
 from rlir.training.loop import (LoopConfig, RunLog, load_train_state, optimizer_step, save_train_state,
                                  warmup_cosine)
-from rlir.training.tokenizer_trainer import check_resolution, load_tokenizer
+from rlir.training.tokenizer_trainer import load_tokenizer
 from rlir.utils.checkpoint import load_state, read_config, save_checkpoint
 from rlir.utils.io import atomic_write_json
 
@@ -161,7 +161,7 @@ def train_world_model(cfg: WMTrainConfig, progress: bool = True, explicit_model:
     codec_kind = "tokenizer" if cfg.paradigm == "ar" else "autoencoder"
     tok = load_tokenizer(cfg.codec, cfg.device, kind=codec_kind)
     store = EpisodeStore(cfg.data, cache_size=1_000_000)
-    check_resolution(store, tok.cfg.resolution, codec_kind)
+    store.require_resolution(tok.cfg.resolution, codec_kind)
     mcfg = resolve_model_config(cfg, tok.cfg, explicit_model)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -179,7 +179,6 @@ def train_world_model(cfg: WMTrainConfig, progress: bool = True, explicit_model:
     n_params = sum(p.numel() for p in model.parameters())
     log.info("%s world model: %.2fM parameters", cfg.paradigm, n_params / 1e6)
     runlog = RunLog(out)
-    tok_state = {k: v for k, v in tok.state_dict().items()}
     t0, t_start = time.time(), time.time() - (history[-1]["elapsed_s"] if history else 0.0)
     bar = tqdm(total=cfg.steps, initial=step, desc=f"wm {cfg.paradigm}", disable=not progress)
     while step < cfg.steps:
@@ -204,7 +203,7 @@ def train_world_model(cfg: WMTrainConfig, progress: bool = True, explicit_model:
                 save_checkpoint(out / "checkpoints" / "best",
                                 wm_checkpoint_config(mcfg, tok.cfg, {"step": step, "val_loss": vl,
                                                                      "codec_checkpoint": str(cfg.codec)}),
-                                {"model": model.state_dict(), "codec": tok_state})
+                                {"model": model.state_dict(), "codec": tok.state_dict()})
             save_train_state(last, "wm_train_state", model, opt, sched,
                              {"step": step, "best": best, "history": history}, {"windows": rng})
             log.info("step %d  val loss %.4f", step, vl)
