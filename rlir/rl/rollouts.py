@@ -1,0 +1,166 @@
+"""Rollouts with log-probs, and their GRPO loss, for each world-model paradigm.
+
+A policy wraps a world model and its codec and does two things for the trainer:
+  rollout(frame0, actions, generator) -> Rollouts: the decoded videos plus what the loss needs,
+      as tensors with the rollout on the first axis (so groups can be selected and concatenated);
+  accumulate(rollouts, idx, adv, ...) -> backward of the GRPO loss of rollouts `idx`, scaled.
+
+The AR policy's ratio is per generated visual token (action tokens and frame 0 masked out). The
+diffusion policy's ratio is per (frame, denoising step) of Flow-GRPO's SDE, on a random subset of
+the steps of each rollout (timestep selection), the last, near-deterministic step left out.
+On the first pass over a batch the "old" log-probs are the current model's own (detached), so the
+ratio is exactly 1 before the first update (TRL's convention); the sampler's log-probs agree with
+them to float precision (logged as `logp_mismatch`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from rlir.rl.grpo import flow_grpo_loss, token_grpo_loss
+
+
+@dataclass
+class Rollouts:
+    video: torch.Tensor                 # uint8 [B, T, H, W, 3], frame 0 the given frame
+    actions: torch.Tensor               # int64 [B, T, 9]
+    data: dict[str, torch.Tensor]       # paradigm-specific tensors, batch first
+    old: dict[str, torch.Tensor] = field(default_factory=dict)   # filled on the first pass (old/ref log-probs)
+
+    def __len__(self) -> int:
+        return len(self.video)
+
+    def select(self, idx: torch.Tensor) -> "Rollouts":
+        return Rollouts(self.video[idx], self.actions[idx], {k: v[idx] for k, v in self.data.items()},
+                        {k: v[idx] for k, v in self.old.items()})
+
+    @staticmethod
+    def cat(parts: list["Rollouts"]) -> "Rollouts":
+        return Rollouts(torch.cat([p.video for p in parts]), torch.cat([p.actions for p in parts]),
+                        {k: torch.cat([p.data[k] for p in parts]) for k in parts[0].data}, {})
+
+
+class ARPolicy:
+    paradigm = "ar"
+
+    def __init__(self, model, cfg, codec, frames: int, temperature: float = 1.0, top_p: float = 1.0,
+                 loss_type: str = "dapo", epsilon: float = 0.2, epsilon_high: float | None = None,
+                 beta: float = 0.0, **_):
+        self.model, self.cfg, self.codec, self.frames = model, cfg, codec, frames
+        self.temperature, self.top_p = temperature, top_p
+        self.loss_kw = dict(epsilon=epsilon, epsilon_high=epsilon_high, beta=beta, loss_type=loss_type)
+
+    @torch.no_grad()
+    def rollout(self, frame0: torch.Tensor, actions: torch.Tensor, generator: torch.Generator,
+                evaluation: bool = False, eval_top_p: float = 0.8) -> Rollouts:
+        from rlir.models.ar_world_model import sample, split_frames
+        dev = next(self.model.parameters()).device
+        codes0 = self.codec.encode(frame0.to(dev))
+        r = sample(self.model, self.cfg, codes0, actions.to(dev), frames=self.frames, temperature=self.temperature,
+                   top_p=eval_top_p if evaluation else self.top_p, generator=generator)
+        video = self.codec.decode(split_frames(r.tokens, self.cfg)).cpu()
+        video[:, 0] = frame0
+        return Rollouts(video, actions, {"tokens": r.tokens, "logps": r.logps, "mask": r.mask})
+
+    def accumulate(self, ro: Rollouts, adv: torch.Tensor, scale: float, ref_model=None) -> dict:
+        from rlir.models.ar_world_model import score
+        d = ro.data
+        logp = score(self.model, self.cfg, d["tokens"], d["mask"], self.temperature, self.top_p)
+        m = d["mask"] > 0
+        metrics = {}
+        if "logp" not in ro.old:                                          # first pass over this batch
+            ro.old["logp"] = logp.detach()
+            metrics["logp_mismatch"] = float((logp.detach() - d["logps"]).abs().masked_fill(~m, 0).max())
+            if self.loss_kw["beta"] > 0:
+                with torch.no_grad():
+                    ro.old["ref"] = score(ref_model, self.cfg, d["tokens"], d["mask"], self.temperature, self.top_p)
+        loss, lm = token_grpo_loss(logp, ro.old["logp"], adv.to(logp.device), d["mask"],
+                                   ref_logp=ro.old.get("ref"), max_tokens=d["mask"].shape[1], **self.loss_kw)
+        metrics.update(lm)
+        if not torch.isfinite(loss):
+            return {**metrics, "nonfinite": 1.0}
+        (loss * scale).backward()
+        metrics["loss"] = loss.item()
+        return metrics
+
+
+class DiffusionPolicy:
+    paradigm = "diffusion"
+
+    def __init__(self, model, cfg, codec, frames: int, sde_steps: int = 10, noise_level: float = 0.75,
+                 timestep_fraction: float = 0.6, clip_range: float = 1e-4, adv_clip_max: float = 5.0,
+                 beta: float = 0.0, eval_steps: int = 18, **_):
+        self.model, self.cfg, self.codec, self.frames = model, cfg, codec, frames
+        self.sde_steps, self.eta, self.eval_steps = sde_steps, noise_level, eval_steps
+        self.n_train_steps = min(sde_steps - 1, max(1, math.ceil(timestep_fraction * sde_steps - 1e-9)))
+        self.clip_range, self.adv_clip_max, self.beta = clip_range, adv_clip_max, beta
+        from rlir.models.flow_samplers import flow_sigmas
+        self.sigmas = flow_sigmas(sde_steps)          # what rollout(mode="sde") steps through
+
+    @torch.no_grad()
+    def rollout(self, frame0: torch.Tensor, actions: torch.Tensor, generator: torch.Generator,
+                evaluation: bool = False, **_) -> Rollouts:
+        from rlir.models.flow_samplers import rollout
+        dev = next(self.model.parameters()).device
+        z0 = self.codec.encode(frame0.to(dev))
+        if evaluation:      # NFD's evaluation sampler: the ODE, DPM-Solver++
+            lat = rollout(self.model, z0, actions.to(dev), self.frames, steps=self.eval_steps, mode="ode",
+                          generator=generator)
+            video = self.codec.decode(lat).cpu()
+            video[:, 0] = frame0
+            return Rollouts(video, actions, {})
+        tr = rollout(self.model, z0, actions.to(dev), self.frames, steps=self.sde_steps, mode="sde", eta=self.eta,
+                     generator=generator)
+        video = self.codec.decode(tr.latents).cpu()
+        video[:, 0] = frame0
+        # timestep selection: a random subset of steps 0..S-2 per rollout (the last step is near-deterministic)
+        B = len(video)
+        keys = torch.rand(B, self.sde_steps - 1, generator=generator, device=generator.device)
+        chosen = keys.argsort(1)[:, : self.n_train_steps]
+        return Rollouts(video, actions, {"latents": tr.latents, "steps": tr.steps, "logps": tr.logps,
+                                         "chosen": chosen.cpu()})
+
+    def _traj(self, d):
+        from rlir.models.flow_samplers import SDETrajectory
+        return SDETrajectory(d["latents"], d["steps"], d["logps"], self.sigmas, self.eta)
+
+    def accumulate(self, ro: Rollouts, adv: torch.Tensor, scale: float, ref_model=None) -> dict:
+        from rlir.models.flow_samplers import score_steps
+        d, traj = ro.data, self._traj(ro.data)
+        dev = d["latents"].device
+        acts = ro.actions.to(dev)
+        sums: dict[str, float] = {}
+        first = "logp" not in ro.old
+        olds, refs = [], []
+        K = d["chosen"].shape[1]
+        for k in range(K):                       # one backward per selected step keeps activations small
+            step_index = d["chosen"][:, k].to(dev)
+            logp, mean, std = score_steps(self.model, traj, acts, step_index)
+            if first:
+                olds.append(logp.detach())
+                sampler = d["logps"].gather(2, step_index.view(-1, 1, 1).expand(-1, logp.shape[1], 1))[..., 0]
+                sums["logp_mismatch"] = max(sums.get("logp_mismatch", 0.0), float((logp.detach() - sampler).abs().max()))
+                if self.beta > 0:
+                    with torch.no_grad():
+                        refs.append(score_steps(ref_model, traj, acts, step_index)[1])
+            old = olds[k] if first else ro.old["logp"][:, k]
+            ref = (refs[k] if first else ro.old["ref"][:, k]) if self.beta > 0 else None
+            loss, lm = flow_grpo_loss(logp, old, adv.to(dev), self.clip_range, self.adv_clip_max, self.beta,
+                                      mean, ref, std)
+            if not torch.isfinite(loss):
+                return {"nonfinite": 1.0}
+            (loss * scale / K).backward()
+            for key, v in {**lm, "loss": loss.item()}.items():
+                if key != "logp_mismatch":
+                    sums[key] = sums.get(key, 0.0) + v / K
+        if first:
+            ro.old["logp"] = torch.stack(olds, 1)
+            if self.beta > 0:
+                ro.old["ref"] = torch.stack(refs, 1)
+        return sums
+
+
+def make_policy(paradigm: str, model, cfg, codec, frames: int, **kw):
+    return (ARPolicy if paradigm == "ar" else DiffusionPolicy)(model, cfg, codec, frames, **kw)

@@ -1,0 +1,370 @@
+"""`rlir posttrain`: GRPO with inverse rewards (RLIR, paper Sections 3.2 and 4) for both paradigms.
+
+Each step: draw prompts (frame 0 and the 15 real actions of training clips), roll out
+`num_generations` videos per prompt, score them with the reward functions (the inverse reward of
+Eq. 3 by default), turn rewards into group-relative advantages, and take `num_iterations` AdamW
+steps on the clipped objective (Eq. 2), the batch split into `gradient_accumulation_steps` chunks.
+Every `eval_every` steps a fixed probe set of validation clips is generated with the evaluation
+sampler and scored by the reward IDM and by the judge IDM: reward hacking shows as the two diverging.
+
+Run folder: checkpoints/last (train state, resumable), checkpoints/policy (a world-model checkpoint
+that `rlir generate`/`evaluate` read), metrics.jsonl + tb/ (TRL's metric names), media/ (GIFs).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlir.errors import ConfigError
+from rlir.rl.grpo import LOSS_TYPES, SCALE_REWARDS, group_advantages, zero_std_groups
+from rlir.training.loop import LoopConfig, RunLog, load_train_state, save_train_state, warmup_cosine
+
+log = logging.getLogger("rlir.posttrain")
+
+REWARDS = ("inverse", "pixel_l1_ssim", "preference")
+
+
+@dataclass
+class GRPOConfig(LoopConfig):
+    """Post-training settings; names and defaults follow TRL's GRPOConfig where the concept is shared.
+
+    `batch_size` counts prompts per step: each gives `num_generations` rollouts."""
+    world_model: str = ""
+    idm: str = ""
+    judge: str | None = None
+    data: str = ""
+    out: str = ""
+    frames: int = 16
+    batch_size: int = 2
+    num_generations: int = 8
+    num_iterations: int = 1
+    gradient_accumulation_steps: int = 1
+    lr: float = 1e-6
+    warmup: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    beta: float = 0.0
+    epsilon: float = 0.2
+    epsilon_high: float | None = None
+    loss_type: str = "dapo"
+    scale_rewards: str = "group"
+    temperature: float = 1.0
+    top_p: float = 1.0
+    rewards: dict[str, float] = field(default_factory=lambda: {"inverse": 1.0})
+    reward_mode: str = "all"                 # inverse reward: all | per_group | loglik
+    preference_fn: str | None = None         # "module:function" scoring a video, for the preference reward
+    dynamic_sampling: str = "none"           # none | drop (zero-std groups out of the loss) | resample
+    max_resample_rounds: int = 2
+    # diffusion (Flow-GRPO)
+    sde_steps: int = 10
+    noise_level: float = 0.75
+    timestep_fraction: float = 0.6
+    clip_range: float = 1e-4
+    adv_clip_max: float = 5.0
+    eval_steps: int = 18
+    eval_top_p: float = 0.8
+    # bookkeeping
+    eval_every: int = 10
+    probe_clips: int = 8
+    save_every: int = 5
+    media_every: int = 25
+
+    def validate(self) -> None:
+        super().validate()
+        if self.num_generations < 2:
+            raise ConfigError("num_generations must be at least 2 (advantages are relative to the group)")
+        if (self.batch_size * self.num_generations) % self.gradient_accumulation_steps:
+            raise ConfigError(f"gradient_accumulation_steps ({self.gradient_accumulation_steps}) must divide the "
+                              f"rollouts per step ({self.batch_size} x {self.num_generations})")
+        if self.loss_type not in LOSS_TYPES:
+            raise ConfigError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        if self.scale_rewards not in SCALE_REWARDS:
+            raise ConfigError(f"scale_rewards must be one of {SCALE_REWARDS}, got {self.scale_rewards!r}")
+        if self.dynamic_sampling not in ("none", "drop", "resample"):
+            raise ConfigError(f"dynamic_sampling must be none, drop or resample, got {self.dynamic_sampling!r}")
+        try:
+            self.rewards = {str(k): float(v) for k, v in dict(self.rewards).items()}
+        except (TypeError, ValueError):
+            raise ConfigError(f"rewards must map reward names to numeric weights, got {self.rewards!r}") from None
+        unknown = set(self.rewards) - set(REWARDS)
+        if unknown or not self.rewards:
+            raise ConfigError(f"rewards must name some of {REWARDS} with weights, got {self.rewards}")
+        if "preference" in self.rewards and not self.preference_fn:
+            raise ConfigError("the preference reward needs preference_fn: 'module:function'")
+        if not 0 < self.timestep_fraction <= 1 or self.sde_steps < 2:
+            raise ConfigError("timestep_fraction must be in (0, 1] and sde_steps at least 2")
+        if not 0 < self.top_p <= 1 or self.temperature <= 0:
+            raise ConfigError("top_p must be in (0, 1] and temperature positive")
+        from rlir.rl.rewards import MODES
+        if self.reward_mode not in MODES:
+            raise ConfigError(f"reward_mode must be one of {MODES}, got {self.reward_mode!r}")
+        if self.num_iterations < 1 or self.frames < 2:
+            raise ConfigError("num_iterations must be >= 1 and frames >= 2")
+
+
+def build_reward_fns(cfg: GRPOConfig, idm) -> tuple[list, list[float]]:
+    from rlir.rl.rewards import InverseRewardFn, PixelReward, PreferenceReward
+    fns, weights = [], []
+    for name, w in cfg.rewards.items():
+        fns.append(InverseRewardFn(idm, cfg.reward_mode, device=cfg.device) if name == "inverse" else
+                   PixelReward() if name == "pixel_l1_ssim" else PreferenceReward(cfg.preference_fn))
+        weights.append(float(w))
+    return fns, weights
+
+
+def save_gif(path: Path, real: np.ndarray, rows: list[np.ndarray], fps: int = 6) -> None:
+    """Side by side: real | rollout 1 | rollout 2 ..., each [T, H, W, 3] uint8, as an animated GIF."""
+    from PIL import Image
+    strip = np.concatenate([real] + rows, axis=2)
+    frames = [Image.fromarray(f).resize((f.shape[1] * 3, f.shape[0] * 3), Image.NEAREST) for f in strip]
+    tmp = path.with_suffix(".tmp.gif")
+    frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
+    tmp.rename(path)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """A resumed run rewrites metrics.jsonl up to its checkpoint, so no step is logged twice."""
+    if not path.is_file():
+        return
+    from rlir.utils.io import atomic_write_text
+    rows = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    atomic_write_text(path, "".join(r + "\n" for r in rows))
+
+
+class Posttrainer:
+    def __init__(self, cfg: GRPOConfig, reward_fns: tuple[list, list[float]] | None = None):
+        from rlir.data.sampler import ClipSampler, fixed_clips, load_clips
+        from rlir.data.store import EpisodeStore
+        from rlir.rl.rollouts import make_policy
+        from rlir.rl.rewards import InverseReward
+        from rlir.training.idm_trainer import load_idm
+        from rlir.training.wm_trainer import load_world_model_checkpoint
+        from rlir.utils.checkpoint import read_config
+        cfg.validate()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.cfg, dev = cfg, cfg.device
+        self.wm_config = read_config(cfg.world_model, kind="world_model")
+        self.paradigm = self.wm_config["paradigm"]
+        self.model, self.mcfg, self.codec = load_world_model_checkpoint(cfg.world_model, dev)
+        for p in self.codec.parameters():
+            p.requires_grad_(False)
+        self.store = EpisodeStore(cfg.data, cache_size=100_000)
+        self.store.require_resolution(tuple(self.codec.cfg.resolution), "world model")
+        self.idm, idm_cfg = load_idm(cfg.idm, dev)
+        self.store.require_resolution(tuple(idm_cfg["model"]["resolution"]), "reward IDM")
+        self.judge = None
+        if cfg.judge:
+            self.judge, judge_cfg = load_idm(cfg.judge, dev)
+            self.store.require_resolution(tuple(judge_cfg["model"]["resolution"]), "judge IDM")
+        self.reward_fns, self.reward_weights = reward_fns or build_reward_fns(cfg, self.idm)
+        # the probe scores in the training reward's mode, so probe and judge compare with `reward`
+        self.probe_reward = InverseReward(self.idm, cfg.reward_mode, device=dev)
+        self.judge_reward = InverseReward(self.judge, cfg.reward_mode, device=dev) if self.judge is not None else None
+        clip_len = getattr(self.mcfg, "clip_len", cfg.frames)
+        if cfg.frames > clip_len:
+            raise ConfigError(f"frames ({cfg.frames}) exceeds the world model's clip_len ({clip_len})")
+        self.prompts = ClipSampler(self.store, cfg.frames, cfg.batch_size, "train", cfg.seed)
+        probe = fixed_clips(self.store, cfg.frames, "val", max_clips=cfg.probe_clips) if cfg.probe_clips else []
+        self.probe = load_clips(self.store, probe, cfg.frames) if probe else None
+        self.policy = make_policy(self.paradigm, self.model, self.mcfg, self.codec, cfg.frames,
+                                  temperature=cfg.temperature, top_p=cfg.top_p, loss_type=cfg.loss_type,
+                                  epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta,
+                                  sde_steps=cfg.sde_steps, noise_level=cfg.noise_level,
+                                  timestep_fraction=cfg.timestep_fraction, clip_range=cfg.clip_range,
+                                  adv_clip_max=cfg.adv_clip_max, eval_steps=cfg.eval_steps)
+        self.ref = None
+        if cfg.beta > 0:              # the frozen reference policy of the KL term
+            self.ref = copy.deepcopy(self.model).eval()
+            for p in self.ref.parameters():
+                p.requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.sched = warmup_cosine(self.opt, cfg.warmup, cfg.steps * cfg.num_iterations)
+        self.out = Path(cfg.out)
+
+    # --- one step ---------------------------------------------------------------------------------
+    def _generate(self, step: int, round_: int):
+        cfg = self.cfg
+        g = torch.Generator(device=cfg.device).manual_seed(cfg.seed * 1_000_003 + step * 101 + round_)
+        clips = self.prompts.sample()
+        real = torch.from_numpy(clips["frames"]).repeat_interleave(cfg.num_generations, 0)
+        actions = torch.from_numpy(clips["actions"].astype(np.int64)).repeat_interleave(cfg.num_generations, 0)
+        self.model.eval()
+        ro = self.policy.rollout(real[:, 0], actions, g)
+        from rlir.rl.rewards import combine_rewards
+        rewards, parts = combine_rewards(self.reward_fns, self.reward_weights, ro.video, real, actions)
+        return ro, real, rewards, parts
+
+    def rollouts(self, step: int):
+        """Rollouts, rewards and per-function rewards of one step, with dynamic sampling applied."""
+        cfg, G = self.cfg, self.cfg.num_generations
+        ro, real, rewards, parts = self._generate(step, 0)
+        if cfg.dynamic_sampling == "resample":     # swap groups without signal for fresh ones
+            for r in range(1, cfg.max_resample_rounds + 1):
+                flat = zero_std_groups(rewards, G)
+                if not flat.any():
+                    break
+                ro2, real2, rewards2, parts2 = self._generate(step, r)
+                fresh = ~zero_std_groups(rewards2, G)
+                take = torch.nonzero(fresh).flatten()[: int(flat.sum())]
+                if len(take) == 0:
+                    continue
+                drop = torch.nonzero(flat).flatten()[: len(take)]
+                keep_groups = [i for i in range(len(flat)) if i not in set(drop.tolist())]
+                idx = lambda groups: torch.cat([torch.arange(g * G, (g + 1) * G) for g in groups])   # noqa: E731
+                a, b = idx(keep_groups), idx(take.tolist())
+                ro = type(ro).cat([ro.select(a), ro2.select(b)])
+                real = torch.cat([real[a], real2[b]])
+                rewards = torch.cat([rewards[a], rewards2[b]])
+                parts = {k: torch.cat([parts[k][a], parts2[k][b]]) for k in parts}
+        return ro, real, rewards, parts
+
+    def step(self, step: int) -> dict:
+        cfg, G = self.cfg, self.cfg.num_generations
+        t0 = time.time()
+        ro, real, rewards, parts = self.rollouts(step)
+        t_gen = time.time() - t0
+        adv = group_advantages(rewards, G, cfg.scale_rewards)
+        flat = zero_std_groups(rewards, G)
+        r = rewards.view(-1, G)
+        row = {"step": step + 1, "reward": float(rewards.mean()), "reward_std": float(r.std(1).mean()),
+               "frac_reward_zero_std": float(flat.float().mean())}
+        for name, v in parts.items():
+            row[f"rewards/{name}/mean"], row[f"rewards/{name}/std"] = float(v.mean()), float(v.std())
+        use = torch.arange(len(rewards))
+        if cfg.dynamic_sampling != "none":       # groups with equal rewards carry no signal
+            use = torch.nonzero(~flat.repeat_interleave(G)).flatten()
+        sums: dict[str, float] = {}
+        skipped = 0
+        if len(use):
+            n_chunks = min(cfg.gradient_accumulation_steps, len(use))
+            chunks = [(ro.select(i), adv[i]) for i in torch.tensor_split(use, n_chunks)]
+            self.model.train()
+            for _ in range(cfg.num_iterations):
+                self.opt.zero_grad(set_to_none=True)
+                bad = False
+                for chunk, a in chunks:
+                    m = self.policy.accumulate(chunk, a, len(a) / len(use), self.ref)
+                    if m.get("nonfinite"):
+                        bad = True
+                        break
+                    for k, v in m.items():
+                        sums[k] = max(sums.get(k, 0.0), v) if k == "logp_mismatch" else \
+                            sums.get(k, 0.0) + v * len(a) / len(use) / cfg.num_iterations
+                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                if bad or not torch.isfinite(norm):
+                    warnings.warn(f"step {step + 1}: non-finite loss or gradient, update skipped")
+                    self.opt.zero_grad(set_to_none=True)
+                    skipped += 1
+                    with warnings.catch_warnings():     # the schedule keeps counting steps, skipped or not
+                        warnings.simplefilter("ignore", UserWarning)
+                        self.sched.step()
+                    continue
+                sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(norm) / cfg.num_iterations
+                self.opt.step()
+                self.sched.step()
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(cfg.num_iterations):
+                    self.sched.step()
+        row.update(sums)
+        row.update({"skipped_updates": skipped, "learning_rate": self.sched.get_last_lr()[0],
+                    "step_time": time.time() - t0, "generation_time": t_gen,
+                    "rollout_frames_per_s": len(rewards) * (cfg.frames - 1) / max(t_gen, 1e-9)})
+        self._last = (ro, real)
+        return row
+
+    # --- probe, media, checkpoints ------------------------------------------------------------------
+    @torch.no_grad()
+    def probe_rewards(self) -> dict:
+        """Reward IDM and judge IDM on the fixed probe clips, generated with the evaluation sampler."""
+        if self.probe is None:
+            return {}
+        g = torch.Generator(device=self.cfg.device).manual_seed(self.cfg.seed + 7)
+        self.model.eval()
+        frames = torch.from_numpy(self.probe["frames"])
+        actions = torch.from_numpy(self.probe["actions"].astype(np.int64))
+        ro = self.policy.rollout(frames[:, 0], actions, g, evaluation=True, eval_top_p=self.cfg.eval_top_p)
+        out = {"probe/reward": float(self.probe_reward(ro.video, actions).mean())}
+        if self.judge_reward is not None:
+            out["judge/reward"] = float(self.judge_reward(ro.video, actions).mean())
+        return out
+
+    def media(self, step: int, runlog: RunLog) -> None:
+        ro, real = self._last
+        G = self.cfg.num_generations
+        rows = [ro.video[i].numpy() for i in range(min(G, 3))]
+        (self.out / "media").mkdir(exist_ok=True)
+        save_gif(self.out / "media" / f"step{step:06d}.gif", real[0].numpy(), rows)
+        strip = np.concatenate([np.concatenate(list(v), axis=1) for v in [real[0].numpy()] + rows], axis=0)
+        runlog.tb.add_image("media/real_and_rollouts", strip, step, dataformats="HWC")
+
+    def save(self, step: int, history: list[dict]) -> None:
+        from rlir.training.wm_trainer import wm_checkpoint_config
+        from rlir.utils.checkpoint import save_checkpoint
+        extra = {"step": step, "posttrained_from": str(self.cfg.world_model), "posttrain": asdict(self.cfg)}
+        save_checkpoint(self.out / "checkpoints" / "policy", wm_checkpoint_config(self.mcfg, self.codec.cfg, extra),
+                        {"model": self.model.state_dict(), "codec": self.codec.state_dict()})
+        save_train_state(self.out / "checkpoints" / "last", "posttrain_state", self.model, self.opt, self.sched,
+                         {"step": step, "history": history[-200:]}, {"prompts": self.prompts.rng})
+
+
+def posttrain(cfg: GRPOConfig, progress: bool = True, stop_at_step: int | None = None,
+              reward_fns: tuple[list, list[float]] | None = None) -> dict:
+    """Post-train (or resume) a world model; `stop_at_step` ends early as a kill would (for tests)."""
+    from tqdm import tqdm
+    from rlir.utils.io import atomic_write_json
+    tr = Posttrainer(cfg, reward_fns)
+    out = tr.out
+    out.mkdir(parents=True, exist_ok=True)
+    meta = load_train_state(out / "checkpoints" / "last", "posttrain_state", tr.model, tr.opt, tr.sched,
+                            {"prompts": tr.prompts.rng})
+    step = meta["step"] if meta else 0
+    _truncate_log(out / "metrics.jsonl", step)
+    history = list(meta["history"]) if meta else []
+    runlog = RunLog(out)
+    t_start = time.time()
+    if step == 0 and cfg.eval_every:
+        base = tr.probe_rewards()
+        if base:
+            runlog.row({"step": 0, **base})
+            runlog.scalars(0, base)
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"posttrain {tr.paradigm}", disable=not progress)
+    while step < cfg.steps:
+        row = tr.step(step)
+        step += 1
+        out_of_time = cfg.max_minutes > 0 and (time.time() - t_start) / 60 > cfg.max_minutes
+        if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
+            row.update(tr.probe_rewards())
+        if cfg.media_every and (step % cfg.media_every == 0 or step == cfg.steps):
+            tr.media(step, runlog)
+        runlog.row(row)
+        runlog.scalars(step, {k: v for k, v in row.items() if k != "step"})
+        history.append(row)
+        bar.update(1)
+        bar.set_postfix(reward=f"{row['reward']:.3f}")
+        if step % cfg.save_every == 0 or step == cfg.steps or out_of_time or step == stop_at_step:
+            tr.save(step, history)
+        if out_of_time or step == stop_at_step:
+            break
+    bar.close()
+    runlog.close()
+    rewards = [h["reward"] for h in history if "reward" in h]
+    k = max(1, min(5, len(rewards) // 2))
+    summary = {"steps": step, "paradigm": tr.paradigm, "policy_checkpoint": str(out / "checkpoints" / "policy"),
+               "reward_first": float(np.mean(rewards[:k])) if rewards else None,
+               "reward_last": float(np.mean(rewards[-k:])) if rewards else None,
+               "probe": {k_: v for k_, v in (history[-1] if history else {}).items() if "/" in k_ and
+                         k_.split("/")[0] in ("probe", "judge")},
+               "minutes": (time.time() - t_start) / 60}
+    atomic_write_json(out / "posttrain_summary.json", summary)
+    return summary
