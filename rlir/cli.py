@@ -131,20 +131,52 @@ def cmd_generate(a) -> int:
     return 0
 
 
-def cmd_demo(a) -> int:
-    """The main job on the embedded default. For now: collect ViZDoom data and summarise it."""
+def cmd_posttrain(a) -> int:
     from rlir.config import load_config
-    from rlir.data.collect import CollectConfig, collect
-    from rlir.data.stats import dataset_stats, format_stats
-    from rlir.utils.io import atomic_write_json
-    run = Path(a.run)
-    episodes = 12 if a.smoke else a.episodes
-    cfg = load_config(CollectConfig, a.config, a.overrides, out=str(run / "data"), episodes=episodes)
-    res = collect(cfg, progress=not a.quiet)
-    s = dataset_stats(cfg.out)
-    atomic_write_json(run / "data_stats.json", s)
-    print(format_stats(s))
-    print(f"\ncollection: {res['fps']:.0f} frames/s; dataset in {cfg.out}; summary in {run / 'data_stats.json'}")
+    from rlir.rl.trainer import GRPOConfig, posttrain
+    from rlir.utils.checkpoint import read_config
+    paradigm = read_config(a.world_model, kind="world_model").get("paradigm", "ar")
+    cfg = load_config(GRPOConfig, a.config or f"configs/posttrain/{paradigm}_tiny.yaml", a.overrides,
+                      world_model=a.world_model, idm=a.idm, judge=a.judge, data=a.data, out=a.out)
+    res = posttrain(cfg, progress=not a.quiet)
+    probe = ", ".join(f"{k} {v:.3f}" for k, v in res["probe"].items())
+    print(f"post-trained {res['steps']} steps ({res['paradigm']}) in {res['minutes']:.1f} min; training reward "
+          f"{res['reward_first']:.3f} -> {res['reward_last']:.3f}{'; ' + probe if probe else ''}; "
+          f"policy checkpoint {res['policy_checkpoint']}")
+    return 0
+
+
+def cmd_evaluate(a) -> int:
+    from rlir.eval.evaluate import evaluate, format_evaluation
+    command = {"argv": sys.argv[1:], **{k: v for k, v in vars(a).items() if k != "func"}}
+    m = evaluate(a.data, a.out, a.idm, judge=a.judge, generated=a.generated, world_model=a.world_model,
+                 frames=a.frames, seed=a.seed, split=a.split, batch_size=a.batch_size, max_clips=a.max_clips,
+                 device=a.device, i3d=a.i3d, n_boot=a.n_boot, label=a.label, role=a.role, progress=not a.quiet,
+                 command=command)
+    print(format_evaluation(m))
+    print(f"wrote {Path(a.out) / 'metrics.json'}")
+    return 0
+
+
+def cmd_report(a) -> int:
+    from rlir.eval.report import build_report
+    res = build_report(a.run_dirs, a.out, labels=a.label, roles=a.role, n_videos=a.videos, progress=not a.quiet)
+    print(f"report of {res['rows']} evaluated runs and {res['curves']} training logs: {res['html']}")
+    return 0
+
+
+def cmd_demo(a) -> int:
+    """The main job on the embedded default: data, IDMs, world model(s), RLIR, evaluation, report."""
+    from rlir.config import load_config
+    from rlir.demo import DemoConfig, run_demo
+    cfg = load_config(DemoConfig, "configs/demo/smoke.yaml" if a.smoke else None, a.overrides, run=a.run,
+                      paradigm=a.paradigm, episodes=a.episodes)
+    res = run_demo(cfg, collect_config=a.collect_config, progress=not a.quiet)
+    for r in res["rows"]:
+        cells = [f"{k} {r[k]['value']:.3f}" for k in ("IDM F1", "Judge F1", "PSNR")
+                 if isinstance(r.get(k), dict) and r[k].get("value") is not None]
+        print(f"  {r.get('label', '?'):<24} " + "  ".join(cells))
+    print(f"\ndemo finished in {res['minutes']:.1f} min; report: {res['report']}")
     return 0
 
 
@@ -239,11 +271,66 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="cpu")
     g.set_defaults(func=cmd_generate)
 
-    m = sub.add_parser("demo", help="run the main job on the embedded default (ViZDoom, tiny, CPU)")
-    m.add_argument("--run", default="runs/demo", help="run folder (reused and resumed)")
-    m.add_argument("--episodes", type=int, default=200)
-    m.add_argument("--smoke", action="store_true", help="a fast, small version")
-    _add_config_args(m, None)
+    pt = sub.add_parser("posttrain", help="RLIR: GRPO post-training of a world model with inverse (IDM) rewards")
+    pt.add_argument("--world-model", required=True, help="pretrained world-model checkpoint (ar or diffusion)")
+    pt.add_argument("--idm", required=True, help="reward IDM checkpoint")
+    pt.add_argument("--judge", help="judge IDM checkpoint: scored on a probe set to detect reward hacking")
+    pt.add_argument("--data", required=True, help="episode store: prompts from its train split, probe from val")
+    pt.add_argument("--out", required=True, help="run folder (resumes if it exists)")
+    _add_config_args(pt, None)
+    pt.set_defaults(func=cmd_posttrain)
+
+    e = sub.add_parser("evaluate", help="score generated clips against real ones (Contract 3), write metrics.json",
+                       description="Score a world model's clips against the real ones (DESIGN.md Contract 3): action "
+                       "metrics by the reward IDM and the judge, inverse reward, PSNR (identical frames capped at "
+                       "100 dB), SSIM, a Frechet distance on the judge's (else the reward IDM's) video features "
+                       "(not FVD), FVD only with --i3d, optical-flow dynamics and brightness, each with a 95 percent "
+                       "bootstrap interval over clips. --generated DATA scores the real clips as if generated: "
+                       "the IDM upper bound (the GT row).")
+    e.add_argument("--world-model", help="generate with this checkpoint first (into --generated, default OUT/generated)")
+    e.add_argument("--generated", help="episode store of generated clips to score (the --data dir itself: real clips)")
+    e.add_argument("--data", required=True, help="the real dataset the clips come from")
+    e.add_argument("--idm", required=True, help="reward IDM checkpoint")
+    e.add_argument("--judge", help="judge IDM checkpoint (independent scorer; its features give the Frechet distance)")
+    e.add_argument("--out", required=True, help="folder for metrics.json (and generated/ with --world-model)")
+    e.add_argument("--frames", type=int, default=16)
+    e.add_argument("--seed", type=int, default=0, help="generation and bootstrap seed")
+    e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--max-clips", type=int)
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--i3d", help="local I3D weights (.safetensors, pytorch-i3d layout) for FVD proper")
+    e.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    e.add_argument("--label", help="row name in reports (default: from the store: 'real clips (GT)' or the model)")
+    e.add_argument("--role", choices=["real", "base", "posttrained"],
+                   help="row role in reports (default: real for a plain dataset, posttrained when the world "
+                        "model's config records post-training, else base)")
+    e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("report", help="one self-contained HTML page (and PNGs) from evaluate outputs and training logs",
+                       description="Build OUT/report.html (self-contained: PNG figures and GIF videos embedded) and "
+                       "the PNG/GIF files from RUN_DIRS. A RUN_DIR is a folder holding an `rlir evaluate` output "
+                       "(metrics.json, here or in a direct subfolder) and/or a training log (metrics.jsonl with "
+                       "step, reward, reward_std, kl, ... rows). A row's role (real / base / posttrained) and label "
+                       "come from its metrics.json ('role', 'label', set by evaluate), overridden by --role and "
+                       "--label; when evaluate could not tell (world-model checkpoint unreadable), a RUN_DIR with a "
+                       "post-training log counts as posttrained.")
+    r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    r.add_argument("--out", required=True, help="report folder")
+    r.add_argument("--label", action="append", default=[], metavar="RUN_DIR=LABEL", help="row name (repeatable)")
+    r.add_argument("--role", action="append", default=[], metavar="RUN_DIR=ROLE",
+                   help="real, base or posttrained (repeatable)")
+    r.add_argument("--videos", type=int, default=4, help="clips shown side by side (default 4)")
+    r.set_defaults(func=cmd_report)
+
+    m = sub.add_parser("demo", help="the whole pipeline on the embedded default (ViZDoom, tiny presets, CPU)")
+    m.add_argument("--run", help="run folder (default runs/demo; each stage cached; a killed run resumes)")
+    m.add_argument("--paradigm", choices=["ar", "diffusion", "both"], help="world model(s) to build (default ar)")
+    m.add_argument("--episodes", type=int, help="ViZDoom recordings to collect (default 200)")
+    m.add_argument("--smoke", action="store_true", help="a fast, small version (minutes; checks the plumbing)")
+    m.add_argument("--collect-config", help="YAML for the collector (default: its built-in tiny settings)")
+    m.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a demo setting, e.g. --set wm_minutes=20 (see rlir/demo.py: DemoConfig)")
     m.set_defaults(func=cmd_demo)
     return p
 

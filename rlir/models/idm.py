@@ -55,6 +55,11 @@ def to_input(frames: torch.Tensor, with_motion: bool = True) -> torch.Tensor:
     return torch.cat([x, 2.0 * d], dim=1)
 
 
+def video_features(h: torch.Tensor) -> torch.Tensor:
+    """Per-frame hidden states [B, T, d] -> one feature vector per video [B, d] (mean over time)."""
+    return h.float().mean(1)
+
+
 class ActionHeads(nn.Module):
     """(h_t, h_{t+1}) -> logits of a_t for each of the 9 groups."""
 
@@ -114,14 +119,21 @@ class VPTIDM(nn.Module):
         self.heads = ActionHeads(cfg.d_model)
         nn.init.normal_(self.time, std=0.02)
 
-    def forward(self, frames: torch.Tensor) -> list[torch.Tensor]:
-        """frames uint8 [B, T, H, W, 3] -> per group logits [B, T-1, K_g] for actions 0..T-2."""
+    def hidden(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames uint8 [B, T, H, W, 3] -> per-frame hidden states [B, T, d] (what the heads read)."""
         B, T = frames.shape[:2]
         x = self.temporal(to_input(frames))                            # [B, C, T, H, W]
         x = x.transpose(1, 2).reshape(B * T, *x.shape[1:2], *x.shape[3:])
         h = self.proj(self.cnn(x)).view(B, T, -1) + self.time[:, :T]  # [B, T, d]
-        h = self.norm(self.transformer(h))                             # no mask: past and future
-        return self.heads(h)
+        return self.norm(self.transformer(h))                          # no mask: past and future
+
+    def forward(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        """frames uint8 [B, T, H, W, 3] -> per group logits [B, T-1, K_g] for actions 0..T-2."""
+        return self.heads(self.hidden(frames))
+
+    def features(self, frames: torch.Tensor) -> torch.Tensor:
+        """One vector per video [B, d]: the hidden states averaged over time (for Frechet distances)."""
+        return video_features(self.hidden(frames))
 
 
 def build_idm(cfg: IDMConfig) -> nn.Module:

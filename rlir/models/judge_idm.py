@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rlir.models.idm import ActionHeads, IDMConfig, to_input
+from rlir.models.idm import ActionHeads, IDMConfig, to_input, video_features
 
 
 class Block3D(nn.Module):
@@ -41,9 +41,16 @@ class CNN3DIDM(nn.Module):
         self.temporal = nn.Conv1d(cfg.d_model, cfg.d_model, 5, padding=2)
         self.heads = ActionHeads(cfg.d_model)
 
-    def forward(self, frames: torch.Tensor) -> list[torch.Tensor]:
+    def hidden(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames uint8 [B, T, H, W, 3] -> per-frame hidden states [B, T, d] (what the heads read)."""
         B, T = frames.shape[:2]
         x = self.body(to_input(frames))                               # [B, C, T, h, w]
         h = self.proj(x.transpose(1, 2).reshape(B, T, -1))            # [B, T, d]
-        h = h + F.gelu(self.temporal(h.transpose(1, 2))).transpose(1, 2)
-        return self.heads(h)
+        return h + F.gelu(self.temporal(h.transpose(1, 2))).transpose(1, 2)
+
+    def forward(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        return self.heads(self.hidden(frames))
+
+    def features(self, frames: torch.Tensor) -> torch.Tensor:
+        """One vector per video [B, d]: the hidden states averaged over time (for Frechet distances)."""
+        return video_features(self.hidden(frames))

@@ -329,7 +329,7 @@ def posttrain(cfg: GRPOConfig, progress: bool = True, stop_at_step: int | None =
     meta = load_train_state(out / "checkpoints" / "last", "posttrain_state", tr.model, tr.opt, tr.sched,
                             {"prompts": tr.prompts.rng})
     step = meta["step"] if meta else 0
-    _truncate_log(out / "metrics.jsonl", step)
+    _truncate_log(out / "metrics.jsonl", step if meta else -1)   # no checkpoint yet: start the log afresh
     history = list(meta["history"]) if meta else []
     runlog = RunLog(out)
     t_start = time.time()

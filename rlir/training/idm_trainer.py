@@ -129,9 +129,16 @@ def evaluate_idm(model, store: EpisodeStore, split: str, clip_len: int, max_clip
         raise DataError(f"{store.root}: no {split} episode has {clip_len} frames to evaluate on")
     batch = load_clips(store, windows, clip_len)
     pred = predict(model, batch["frames"], device=device)
-    true = batch["actions"][:, : clip_len - 1].astype(np.int64)
-    excluded = tuple(store.metadata.get("null_groups", {}))
-    return action_metrics(pred, true, n_boot=n_boot, exclude_groups=excluded)
+    return score_predictions(pred, batch["actions"], store.metadata, n_boot=n_boot)
+
+
+def score_predictions(pred: np.ndarray, actions: np.ndarray, metadata: dict, n_boot: int = 1000,
+                      seed: int = 0) -> dict:
+    """IDM predictions [N, T-1, 9] vs the clips' actions [N, >=T-1, 9] -> action_metrics, leaving out
+    (in the `_shown` averages) the groups the dataset's metadata says its source never shows."""
+    true = np.asarray(actions)[:, : pred.shape[1]].astype(np.int64)
+    excluded = tuple(metadata.get("null_groups", {}))
+    return action_metrics(pred, true, n_boot=n_boot, seed=seed, exclude_groups=excluded)
 
 
 def _score(m: dict) -> float:

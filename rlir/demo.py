@@ -1,0 +1,144 @@
+"""`rlir demo`: the whole pipeline on the embedded default, one stage after another, each cached.
+
+    collect ViZDoom data -> reward IDM + judge IDM -> codec (VQ tokenizer | autoencoder) -> world model
+    -> RLIR post-training -> evaluate real clips, base and post-trained models -> report.html
+
+Every stage writes into its own folder of the run and is skipped when its summary file is there;
+a stage that was killed resumes from its last checkpoint. Stage budgets (minutes) are sized so that
+one paradigm at the tiny preset fits in about 30 minutes on a 2-core CPU; `--smoke` shrinks all of
+it to a few minutes (configs/demo/smoke.yaml: to check the plumbing, not to get numbers).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rlir.errors import ConfigError
+
+log = logging.getLogger("rlir.demo")
+
+
+@dataclass
+class DemoConfig:
+    run: str = "runs/demo"
+    paradigm: str = "ar"                 # ar | diffusion | both
+    episodes: int = 200
+    seed: int = 0
+    idm_minutes: float = 6.0
+    judge_minutes: float = 3.0
+    codec_minutes: float = 4.0
+    wm_minutes: float = 8.0
+    posttrain_minutes: float = 5.0
+    posttrain_steps: int = 20
+    eval_clips: int = 48
+    collect: list[str] = field(default_factory=list)     # collector overrides, e.g. ["frames=150"]
+
+    def validate(self) -> None:
+        if self.paradigm not in ("ar", "diffusion", "both"):
+            raise ConfigError(f"paradigm must be ar, diffusion or both, got {self.paradigm!r}")
+        if self.episodes < 4 or self.eval_clips < 2:
+            raise ConfigError("episodes must be at least 4 and eval_clips at least 2")
+
+
+def _stage(name: str, done: Path, fn) -> None:
+    if done.is_file():
+        log.info("%s: cached (%s)", name, done)
+        print(f"[demo] {name}: cached")
+        return
+    t = time.time()
+    print(f"[demo] {name} ...", flush=True)
+    fn()
+    print(f"[demo] {name}: {(time.time() - t) / 60:.1f} min", flush=True)
+
+
+def _steps(minutes: float, per_step_s: float, floor: int = 2) -> int:
+    """Steps that fill a time budget, so the cosine schedule ends near where the wall clock does."""
+    return max(floor, int(minutes * 60 / per_step_s))
+
+
+def run_demo(cfg: DemoConfig, collect_config: str | None = None, progress: bool = True) -> dict:
+    from rlir.config import load_config
+    from rlir.data.collect import CollectConfig, collect
+    from rlir.data.stats import dataset_stats
+    from rlir.eval.evaluate import evaluate
+    from rlir.eval.report import build_report
+    from rlir.rl.trainer import GRPOConfig, posttrain
+    from rlir.training.idm_trainer import IDMTrainConfig, train_idm
+    from rlir.training.tokenizer_trainer import TokenizerTrainConfig, train_tokenizer
+    from rlir.training.wm_trainer import WMTrainConfig, train_world_model
+    from rlir.utils.io import atomic_write_json
+    cfg.validate()
+    run, t0 = Path(cfg.run), time.time()
+    data = run / "data"
+
+    def do_collect():
+        c = load_config(CollectConfig, collect_config, cfg.collect, out=str(data), episodes=cfg.episodes,
+                        seed=cfg.seed)
+        collect(c, progress=progress)
+        atomic_write_json(run / "data_stats.json", dataset_stats(str(data)))
+    _stage("collect", run / "data_stats.json", do_collect)
+
+    def do_idm(name, config, minutes, per_step):
+        c = load_config(IDMTrainConfig, config, None, data=str(data), out=str(run / name), max_minutes=minutes,
+                        steps=_steps(minutes, per_step), eval_every=_steps(minutes, per_step) // 3 or 1)
+        train_idm(c, progress=progress)
+    _stage("reward IDM", run / "idm" / "train_summary.json",
+           lambda: do_idm("idm", "configs/idm/tiny.yaml", cfg.idm_minutes, 0.45))
+    _stage("judge IDM", run / "judge" / "train_summary.json",
+           lambda: do_idm("judge", "configs/idm/judge_tiny.yaml", cfg.judge_minutes, 0.3))
+    idm, judge = run / "idm" / "checkpoints" / "best", run / "judge" / "checkpoints" / "best"
+
+    rows = [run / "eval" / "real"]
+    _stage("evaluate real clips", run / "eval" / "real" / "metrics.json",
+           lambda: evaluate(str(data), str(run / "eval" / "real"), str(idm), str(judge), generated=str(data),
+                            max_clips=cfg.eval_clips, seed=cfg.seed, label="real clips", role="real",
+                            progress=progress))
+    logs = []
+    for paradigm in (("ar", "diffusion") if cfg.paradigm == "both" else (cfg.paradigm,)):
+        p = run / paradigm
+        codec_kind = "tokenizer" if paradigm == "ar" else "autoencoder"
+
+        def do_codec(p=p, codec_kind=codec_kind):
+            c = load_config(TokenizerTrainConfig, f"configs/{codec_kind}/tiny.yaml", None, data=str(data),
+                            out=str(p / "codec"), max_minutes=cfg.codec_minutes, steps=_steps(cfg.codec_minutes, 1.2),
+                            eval_every=max(1, _steps(cfg.codec_minutes, 1.2) // 3))
+            c.model.quantize = paradigm == "ar"
+            train_tokenizer(c, progress=progress)
+        _stage(f"{paradigm}: {codec_kind}", p / "codec" / "train_summary.json", do_codec)
+
+        def do_wm(p=p, paradigm=paradigm):
+            steps = _steps(cfg.wm_minutes, 1.6)
+            c = load_config(WMTrainConfig, f"configs/wm/{paradigm}_tiny.yaml", None, data=str(data),
+                            out=str(p / "wm"), codec=str(p / "codec" / "checkpoints" / "best"),
+                            max_minutes=cfg.wm_minutes, steps=steps, eval_every=max(1, steps // 3),
+                            warmup=min(100, steps // 5))
+            train_world_model(c, progress=progress)
+        _stage(f"{paradigm}: world model", p / "wm" / "train_summary.json", do_wm)
+        base = p / "wm" / "checkpoints" / "best"
+
+        def do_posttrain(p=p, paradigm=paradigm, base=base):
+            c = load_config(GRPOConfig, f"configs/posttrain/{paradigm}_tiny.yaml", None, world_model=str(base),
+                            idm=str(idm), judge=str(judge), data=str(data), out=str(p / "rlir"), seed=cfg.seed,
+                            steps=cfg.posttrain_steps, max_minutes=cfg.posttrain_minutes,
+                            eval_every=max(1, cfg.posttrain_steps // 4), probe_clips=min(8, cfg.eval_clips),
+                            media_every=max(1, cfg.posttrain_steps // 2))
+            posttrain(c, progress=progress)
+        _stage(f"{paradigm}: RLIR post-training", p / "rlir" / "posttrain_summary.json", do_posttrain)
+        logs.append(p / "rlir")
+        for name, ckpt, role in (("base", base, "base"), ("rlir", p / "rlir" / "checkpoints" / "policy", "posttrained")):
+            out = p / "eval" / name
+            label = f"{paradigm} {'base' if name == 'base' else '+ RLIR'}"
+            _stage(f"{paradigm}: evaluate {label}", out / "metrics.json",
+                   lambda out=out, ckpt=ckpt, label=label, role=role: evaluate(
+                       str(data), str(out), str(idm), str(judge), world_model=str(ckpt), max_clips=cfg.eval_clips,
+                       seed=cfg.seed, label=label, role=role, progress=progress))
+            rows.append(out)
+    build_report([str(r) for r in rows + logs], str(run / "report"), progress=progress)
+    table = json.loads((run / "report" / "report.json").read_text()).get("rows", [])
+    summary = {"report": str(run / "report" / "report.html"), "minutes": (time.time() - t0) / 60,
+               "paradigm": cfg.paradigm, "rows": table}
+    atomic_write_json(run / "demo_summary.json", summary)
+    return summary

@@ -1,0 +1,25 @@
+"""`rlir demo`: every stage end to end on a few ViZDoom episodes, then cached on the second run."""
+import json
+
+from rlir.cli import main
+
+FAST = ["--set", "episodes=8", "--set", "idm_minutes=0.05", "--set", "judge_minutes=0.05",
+        "--set", "codec_minutes=0.05", "--set", "wm_minutes=0.05", "--set", "posttrain_minutes=0.05",
+        "--set", "posttrain_steps=1", "--set", "eval_clips=2",
+        "--set", "collect=[frames=80,val_frac=0.3,test_frac=0.3,workers=1]"]
+
+
+def test_demo_runs_every_stage_then_reuses_them(tmp_path, capsys):
+    run = tmp_path / "demo"
+    assert main(["-q", "demo", "--smoke", "--run", str(run), *FAST]) == 0
+    out = capsys.readouterr().out
+    for stage in ("collect", "reward IDM", "judge IDM", "ar: tokenizer", "ar: world model", "ar: RLIR post-training",
+                  "evaluate real clips", "ar: evaluate ar base", "ar: evaluate ar + RLIR"):
+        assert f"[demo] {stage}" in out, stage
+    summary = json.loads((run / "demo_summary.json").read_text())
+    assert [r["role"] for r in summary["rows"]] == ["real", "base", "posttrained"]
+    html = (run / "report" / "report.html").read_text()
+    assert "<table" in html and "data:image/gif;base64," in html
+    assert main(["-q", "demo", "--smoke", "--run", str(run), *FAST]) == 0     # second run: all cached
+    out = capsys.readouterr().out
+    assert out.count(": cached") == 9 and "..." not in out
