@@ -222,3 +222,21 @@ def test_i3d_weights_are_safetensors_only(setup, tmp_path, monkeypatch):
     m = evaluate(str(s["root"] / "data"), str(tmp_path / "ev"), s["idm"], generated=str(s["root"] / "data"),
                  frames=T, max_clips=3, n_boot=20, i3d=str(tmp_path / "i3d.safetensors"), progress=False)
     assert m["fvd"]["value"] < 1e-6 and m["fvd"]["feature_dim"] == 7
+
+
+def test_world_model_of_another_resolution_is_a_one_line_error(tmp_path, capsys):
+    """The reward IDM fits the data (12x16) but the world model takes 16x16 frames."""
+    from tests.conftest import make_episode
+    from tests.test_grpo import _checkpoints
+    wm, _ = _checkpoints(tmp_path)
+    store = EpisodeStore.create(tmp_path / "data", metadata={"resolution": [12, 16]})
+    for i, split in enumerate(["train", "test"]):
+        store.add(f"e{i}", make_episode(T=20, hw=(12, 16), seed=i), split=split)
+    icfg = IDMConfig(resolution=(12, 16), clip_len=4, temporal_channels=4, channels=(4, 4), d_model=16, n_layers=1,
+                     n_heads=2)
+    save_checkpoint(tmp_path / "idm12", {"kind": "idm", "arch": "vpt", "model": asdict(icfg)},
+                    {"model": build_idm(icfg).state_dict()})
+    code = main(["-q", "evaluate", "--world-model", wm, "--data", str(tmp_path / "data"), "--idm",
+                 str(tmp_path / "idm12"), "--out", str(tmp_path / "ev"), "--frames", "4"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "12x16" in err and "world model takes 16x16" in err, err

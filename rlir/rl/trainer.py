@@ -61,6 +61,7 @@ class GRPOConfig(LoopConfig):
     rewards: dict[str, float] = field(default_factory=lambda: {"inverse": 1.0})
     reward_mode: str = "all"                 # inverse reward: all | per_group | loglik
     preference_fn: str | None = None         # "module:function" scoring a video, for the preference reward
+    prompt_clips: int = 0                    # 0: any training window; N: a fixed set of N training clips
     dynamic_sampling: str = "none"           # none | drop (zero-std groups out of the loss) | resample
     max_resample_rounds: int = 2
     # diffusion (Flow-GRPO)
@@ -130,6 +131,22 @@ def save_gif(path: Path, real: np.ndarray, rows: list[np.ndarray], fps: int = 6)
     tmp.rename(path)
 
 
+class FixedPrompts:
+    """Prompts drawn from a fixed set of training clips (the paper: about 1,000 samples suffice)."""
+
+    def __init__(self, store, frames: int, batch_size: int, n: int, seed: int):
+        from rlir.data.sampler import fixed_clips, load_clips
+        self.windows = fixed_clips(store, frames, "train", max_clips=n)
+        if not self.windows:
+            raise ConfigError(f"{store.root}: no training clip of {frames} frames for prompts")
+        self.clips = load_clips(store, self.windows, frames)
+        self.batch_size, self.rng = batch_size, np.random.default_rng(seed)
+
+    def sample(self) -> dict:
+        k = self.rng.choice(len(self.windows), size=self.batch_size, replace=len(self.windows) < self.batch_size)
+        return {key: self.clips[key][k] for key in ("frames", "actions", "camera_deg")}
+
+
 def _truncate_log(path: Path, step: int) -> None:
     """A resumed run rewrites metrics.jsonl up to its checkpoint, so no step is logged twice."""
     if not path.is_file():
@@ -172,7 +189,8 @@ class Posttrainer:
         clip_len = getattr(self.mcfg, "clip_len", cfg.frames)
         if cfg.frames > clip_len:
             raise ConfigError(f"frames ({cfg.frames}) exceeds the world model's clip_len ({clip_len})")
-        self.prompts = ClipSampler(self.store, cfg.frames, cfg.batch_size, "train", cfg.seed)
+        self.prompts = (FixedPrompts(self.store, cfg.frames, cfg.batch_size, cfg.prompt_clips, cfg.seed)
+                        if cfg.prompt_clips else ClipSampler(self.store, cfg.frames, cfg.batch_size, "train", cfg.seed))
         probe = fixed_clips(self.store, cfg.frames, "val", max_clips=cfg.probe_clips) if cfg.probe_clips else []
         self.probe = load_clips(self.store, probe, cfg.frames) if probe else None
         self.policy = make_policy(self.paradigm, self.model, self.mcfg, self.codec, cfg.frames,
