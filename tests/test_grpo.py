@@ -275,3 +275,33 @@ def test_nonfinite_loss_skips_the_update(tmp_path):
         row = tr.step(0)
     assert row["skipped_updates"] == 1
     assert all(torch.equal(before[k], v) for k, v in tr.model.state_dict().items())
+
+
+@pytest.mark.parametrize("mode", ["drop", "resample"])
+def test_dynamic_sampling_leaves_out_or_replaces_groups_without_signal(tmp_path, mode):
+    from rlir.rl.trainer import Posttrainer
+    wm, idm = _checkpoints(tmp_path)
+    cfg = GRPOConfig(world_model=wm, idm=idm, data=_store(tmp_path / "data"), out=str(tmp_path / "o"), frames=T,
+                     batch_size=2, num_generations=4, probe_clips=0, lr=1e-2, dynamic_sampling=mode,
+                     max_resample_rounds=2)
+    calls = []
+
+    def first_group_flat(g, r, a):        # group 0 of the first draw is flat; every other group has signal
+        calls.append(len(g))
+        out = torch.arange(len(g)).float()
+        if len(calls) == 1:
+            out[:4] = 1.0
+        return out
+    tr = Posttrainer(cfg, reward_fns=([first_group_flat], [1.0]))
+    row = tr.step(0)
+    if mode == "drop":
+        assert len(calls) == 1 and row["frac_reward_zero_std"] == 0.5
+    else:                                  # one fresh draw replaces the flat group
+        assert len(calls) == 2 and row["frac_reward_zero_std"] == 0.0
+    assert row["grad_norm"] > 0
+
+    tr2 = Posttrainer(cfg, reward_fns=([lambda g, r, a: torch.ones(len(g))], [1.0]))
+    before = {k: v.clone() for k, v in tr2.model.state_dict().items()}
+    row2 = tr2.step(0)                     # every group flat: nothing to learn from, no update
+    assert row2["frac_reward_zero_std"] == 1.0 and "grad_norm" not in row2
+    assert all(torch.equal(before[k], v) for k, v in tr2.model.state_dict().items())
