@@ -121,16 +121,6 @@ def build_reward_fns(cfg: GRPOConfig, idm) -> tuple[list, list[float]]:
     return fns, weights
 
 
-def save_gif(path: Path, real: np.ndarray, rows: list[np.ndarray], fps: int = 6) -> None:
-    """Side by side: real | rollout 1 | rollout 2 ..., each [T, H, W, 3] uint8, as an animated GIF."""
-    from PIL import Image
-    strip = np.concatenate([real] + rows, axis=2)
-    frames = [Image.fromarray(f).resize((f.shape[1] * 3, f.shape[0] * 3), Image.NEAREST) for f in strip]
-    tmp = path.with_suffix(".tmp.gif")
-    frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
-    tmp.rename(path)
-
-
 class FixedPrompts:
     """Prompts drawn from a fixed set of training clips (the paper: about 1,000 samples suffice)."""
 
@@ -322,7 +312,11 @@ class Posttrainer:
         G = self.cfg.num_generations
         rows = [ro.video[i].numpy() for i in range(min(G, 3))]
         (self.out / "media").mkdir(exist_ok=True)
-        save_gif(self.out / "media" / f"step{step:06d}.gif", real[0].numpy(), rows)
+        from rlir.eval.report import clip_gif          # the report's side-by-side GIF, actions drawn under frames
+        from rlir.utils.io import atomic_write_bytes
+        gif = clip_gif([("real", real[0].numpy())] + [(f"rollout {i + 1}", r) for i, r in enumerate(rows)],
+                       ro.actions[0].numpy())
+        atomic_write_bytes(self.out / "media" / f"step{step:06d}.gif", gif)
         strip = np.concatenate([np.concatenate(list(v), axis=1) for v in [real[0].numpy()] + rows], axis=0)
         runlog.tb.add_image("media/real_and_rollouts", strip, step, dataformats="HWC")
 
