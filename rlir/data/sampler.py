@@ -33,16 +33,17 @@ class ClipSampler:
         self.p = n_windows / n_windows.sum()
         self.rng = np.random.default_rng(seed)
 
-    def sample(self) -> dict:
+    def sample(self, rows: slice | None = None) -> dict:
+        """A batch of B windows, or only `rows` of it (a process's share): the generator draws the
+        whole batch either way, so every process agrees on it and loads only its own rows."""
         picks = self.rng.choice(len(self.ids), size=self.B, p=self.p)
-        clips, ids, starts = [], [], []
+        windows = []
         for k in picks:
-            ep = self.store.load(self.ids[k])
-            s = int(self.rng.integers(0, len(ep) - self.T + 1))
-            clips.append(ep.slice(s, s + self.T))
-            ids.append(self.ids[k])
-            starts.append(s)
-        return _stack(clips, ids, starts)
+            n = int(self.store.entry(self.ids[k])["n_frames"])
+            windows.append((self.ids[k], int(self.rng.integers(0, n - self.T + 1))))
+        windows = windows[rows] if rows is not None else windows
+        return _stack([self.store.load(i).slice(s, s + self.T) for i, s in windows],
+                      [i for i, _ in windows], [s for _, s in windows])
 
     def __iter__(self) -> Iterator[dict]:
         while True:

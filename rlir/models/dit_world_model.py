@@ -101,6 +101,8 @@ class DiTBlock(nn.Module):
 
 
 class DiTWorldModel(nn.Module):
+    _no_split_modules = ["DiTBlock"]       # FSDP shards and activation checkpointing act per block
+
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         self.cfg = cfg
@@ -201,11 +203,15 @@ def append_cache(cache: list | None, kvs: list) -> list:
 
 
 def flow_matching_loss(model: DiTWorldModel, x0: torch.Tensor, actions: torch.Tensor,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-    """Diffusion-forcing flow matching: per-frame sigma ~ U(0, 1), x_s = (1-s) x0 + s eps, target eps - x0."""
+                       generator: torch.Generator | None = None, sigma: torch.Tensor | None = None,
+                       eps: torch.Tensor | None = None) -> torch.Tensor:
+    """Diffusion-forcing flow matching: per-frame sigma ~ U(0, 1), x_s = (1-s) x0 + s eps, target eps - x0.
+    sigma [B, T] and eps may be given (drawn for a global batch of which x0 is a slice)."""
     B, T = x0.shape[:2]
-    sigma = torch.rand(B, T, generator=generator, device=x0.device)
-    eps = torch.randn(x0.shape, generator=generator, device=x0.device)
+    if sigma is None:
+        sigma = torch.rand(B, T, generator=generator, device=x0.device)
+    if eps is None:
+        eps = torch.randn(x0.shape, generator=generator, device=x0.device)
     s = sigma[..., None, None]
     v = model((1 - s) * x0 + s * eps, sigma, actions)
     return F.mse_loss(v.float(), (eps - x0).float())

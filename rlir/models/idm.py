@@ -96,6 +96,8 @@ class ImpalaStage(nn.Module):
 
 
 class VPTIDM(nn.Module):
+    _no_split_modules = ["TransformerEncoderLayer"]
+
     def __init__(self, cfg: IDMConfig):
         super().__init__()
         self.cfg = cfg

@@ -7,7 +7,6 @@ validation every `eval_every` steps, best checkpoint kept, resume from the last 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,7 +22,9 @@ from rlir.data.store import EpisodeStore
 from rlir.errors import ConfigError, DataError
 from rlir.eval.action_metrics import action_metrics
 from rlir.models.idm import IDMConfig, build_idm
-from rlir.training.loop import LoopConfig, load_train_state, optimizer_step, save_train_state, warmup_cosine
+from rlir.training.distributed import model_state, unwrap
+from rlir.training.loop import (LoopConfig, RunLog, load_train_state, optimizer_step, prepare_model, save_train_state,
+                                 setup_run, warmup_cosine)
 from rlir.utils.checkpoint import load_state, read_config, save_checkpoint
 
 log = logging.getLogger("rlir.idm")
@@ -77,32 +78,42 @@ def class_weights(store: EpisodeStore, ids: list[str], power: float) -> list[tor
     return out
 
 
-def augment(frames: torch.Tensor, rng: np.random.Generator, brightness: float, shift: int) -> torch.Tensor:
-    """Per clip: one brightness/contrast change and one shift for all its frames (actions unchanged)."""
+def augment(frames: torch.Tensor, rng: np.random.Generator, brightness: float, shift: int,
+            rows: slice | None = None, total: int | None = None) -> torch.Tensor:
+    """Per clip: one brightness/contrast change and one shift for all its frames (actions unchanged).
+    frames may be `rows` of a batch of `total` clips: the draws are made for the whole batch."""
     B = frames.shape[0]
+    rows, total = rows or slice(0, B), total or B
     x = frames.float()
-    gain = torch.tensor(1 + rng.uniform(-brightness, brightness, B), dtype=torch.float32).view(B, 1, 1, 1, 1)
-    bias = torch.tensor(rng.uniform(-brightness, brightness, B) * 255 * 0.5, dtype=torch.float32).view(B, 1, 1, 1, 1)
+    gain = torch.tensor(1 + rng.uniform(-brightness, brightness, total)[rows], dtype=torch.float32).view(B, 1, 1, 1, 1)
+    bias = torch.tensor(rng.uniform(-brightness, brightness, total)[rows] * 255 * 0.5,
+                        dtype=torch.float32).view(B, 1, 1, 1, 1)
     x = (x * gain + bias).clamp(0, 255)
     if shift > 0:
         H, W = x.shape[2:4]
         pad = F.pad(x.permute(0, 1, 4, 2, 3).flatten(1, 2), (shift,) * 4, mode="replicate")  # [B, T*3, H+2s, W+2s]
         out = torch.empty_like(x)
-        for b in range(B):
-            dy, dx = rng.integers(0, 2 * shift + 1, 2)
+        shifts = [rng.integers(0, 2 * shift + 1, 2) for _ in range(total)][rows]
+        for b, (dy, dx) in enumerate(shifts):
             out[b] = pad[b, :, dy:dy + H, dx:dx + W].view(x.shape[1], 3, H, W).permute(0, 2, 3, 1)
         x = out
     return x.round().to(torch.uint8)
 
 
-def idm_loss(logits: list[torch.Tensor], actions: torch.Tensor, weights: list[torch.Tensor] | None = None
-             ) -> tuple[torch.Tensor, dict]:
-    """Sum over groups of the (weighted) cross-entropy of a_t, t = 0..T-2."""
+def idm_loss(logits: list[torch.Tensor], actions: torch.Tensor, weights: list[torch.Tensor] | None = None,
+             mean_over_ranks=None) -> tuple[torch.Tensor, dict]:
+    """Sum over groups of the (weighted) cross-entropy of a_t, t = 0..T-2: sum_i w_i l_i / sum_i w_i.
+    mean_over_ranks: averages a tensor over processes, so the denominator is the global batch's and
+    N processes compute the loss of one process on the whole batch."""
     target = actions[:, : logits[0].shape[1]].long()
     total, parts = 0.0, {}
     for g, lg in enumerate(logits):
         w = None if weights is None else weights[g].to(lg.device)
-        l = F.cross_entropy(lg.flatten(0, 1), target[..., g].flatten(), weight=w)
+        y = target[..., g].flatten()
+        den = (w[y].sum() if w is not None else torch.tensor(float(y.numel()), device=lg.device)).float()
+        if mean_over_ranks is not None:
+            den = mean_over_ranks(den)
+        l = F.cross_entropy(lg.flatten(0, 1).float(), y, weight=w, reduction="sum") / den
         parts[GROUPS[g]] = float(l.detach())
         total = total + l
     return total, parts
@@ -158,14 +169,13 @@ def load_idm(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, di
 
 def train_idm(cfg: IDMTrainConfig, progress: bool = True, stop_at_step: int | None = None) -> dict:
     """Train (or resume) an IDM; `stop_at_step` ends the run early as a kill would (for tests)."""
-    from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
     from rlir.utils.io import atomic_write_json
     cfg.validate()
     cfg.model.validate()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    d = setup_run(cfg)
+    rows = d.rows(cfg.batch_size)
     store = EpisodeStore(cfg.data, cache_size=1_000_000)
     store.require_resolution(cfg.model.resolution, "IDM")
     ids = subset_ids(store, cfg.subset)
@@ -174,7 +184,7 @@ def train_idm(cfg: IDMTrainConfig, progress: bool = True, stop_at_step: int | No
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    model = build_idm(cfg.model).to(cfg.device)
+    model = prepare_model(build_idm(cfg.model).to(cfg.device), cfg, d)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = warmup_cosine(opt, cfg.warmup, cfg.steps)
     sampler = ClipSampler(store, cfg.model.clip_len, cfg.batch_size, episode_ids=ids, seed=cfg.seed, split=None)
@@ -189,52 +199,54 @@ def train_idm(cfg: IDMTrainConfig, progress: bool = True, stop_at_step: int | No
     n_params = sum(p.numel() for p in model.parameters())
     log.info("IDM %s: %.2fM parameters, %d training episodes (subset %s)", cfg.model.arch, n_params / 1e6,
              len(ids), cfg.subset)
-    tb = SummaryWriter(str(out / "tb"))
-    metrics_f = open(out / "metrics.jsonl", "a")
+    runlog = RunLog(out)
     t0, t_start = time.time(), time.time() - (history[-1]["elapsed_s"] if history else 0.0)
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"idm {cfg.model.arch}", disable=not progress)
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"idm {cfg.model.arch}", disable=not progress or not d.main)
     stop_early = False
     while step < cfg.steps and not stop_early:
         model.train()
-        b = sampler.sample()
-        frames = augment(torch.from_numpy(b["frames"]), aug_rng, cfg.aug_brightness, cfg.aug_shift)
-        logits = model(frames.to(cfg.device))
-        loss, parts = idm_loss(logits, torch.from_numpy(b["actions"]).to(cfg.device), weights)
+        b = sampler.sample(rows)                                  # this rank's rows of the global batch
+        frames = augment(torch.from_numpy(b["frames"]), aug_rng, cfg.aug_brightness, cfg.aug_shift,
+                         rows, cfg.batch_size)
+        with d.autocast():
+            logits = model(frames.to(cfg.device))
+            loss, parts = idm_loss(logits, torch.from_numpy(b["actions"]).to(cfg.device), weights, d.mean_tensor)
         optimizer_step(loss, model, opt, sched, cfg.grad_clip)
+        loss_v = d.mean({"loss": loss.item()})["loss"]
         step += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{loss_v:.3f}")
         if step % 25 == 0:
-            tb.add_scalar("train/loss", loss.item(), step)
-            tb.add_scalar("train/lr", sched.get_last_lr()[0], step)
-        out_of_time = cfg.max_minutes > 0 and (time.time() - t0) / 60 > cfg.max_minutes
+            runlog.scalars(step, {"train/loss": loss_v, "train/lr": sched.get_last_lr()[0]})
+        out_of_time = d.max({"t": cfg.max_minutes > 0 and (time.time() - t0) / 60 > cfg.max_minutes})["t"] > 0
         if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
-            m = evaluate_idm(model, store, "val", cfg.model.clip_len, max_clips=cfg.val_clips, n_boot=0,
-                             device=cfg.device)
+            with d.autocast():
+                m = evaluate_idm(unwrap(model), store, "val", cfg.model.clip_len, max_clips=cfg.val_clips, n_boot=0,
+                                 device=cfg.device)
             h = m["metrics"]
-            row = {"step": step, "loss": float(loss.detach()), "elapsed_s": time.time() - t_start,
+            row = {"step": step, "loss": loss_v, "elapsed_s": time.time() - t_start,
                    **{f"val/{k}": v for k, v in h.items()}}
             history.append(row)
-            metrics_f.write(json.dumps(row) + "\n")
-            metrics_f.flush()
-            for k, v in h.items():
-                tb.add_scalar(f"val/{k}", v, step)
+            runlog.row(row)
+            runlog.scalars(step, h, prefix="val/")
             score = _score(m)
             if score > best:
                 best = score
-                save_checkpoint(out / "checkpoints" / "best", _model_config(cfg, step, h), {"model": model.state_dict()})
+                sd = model_state(model)
+                if d.main:
+                    save_checkpoint(out / "checkpoints" / "best", _model_config(cfg, step, h), {"model": sd})
             save_train_state(last, "idm_train_state", model, opt, sched,
                              {"step": step, "best": best, "history": history}, rngs)
             log.info("step %d  val f1_macro %.3f  pitch err %.3f  yaw err %.3f", step, h["f1_macro"],
                      h["camera_pitch_bin_error"], h["camera_yaw_bin_error"])
             stop_early = out_of_time or (stop_at_step is not None and step >= stop_at_step)
     bar.close()
-    metrics_f.close()
-    tb.close()
+    runlog.close()
     summary = {"steps": step, "train_minutes": (history[-1]["elapsed_s"] / 60) if history else 0.0,
                "best_checkpoint": str(out / "checkpoints" / "best"), "params": n_params,
                "history": history[-1] if history else {}}
-    atomic_write_json(out / "train_summary.json", summary)
+    if d.main:
+        atomic_write_json(out / "train_summary.json", summary)
     return summary
 
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlir.errors import ConfigError
-from rlir.utils.checkpoint import load_state, load_tensors, read_config, save_checkpoint
+from rlir.errors import ConfigError, RlirError
+from rlir.training.distributed import is_main, load_model_state, load_optim_state, model_state, optim_state
+from rlir.utils.checkpoint import load_tensors, read_config, save_checkpoint
 
 
 @dataclass
@@ -29,13 +30,39 @@ class LoopConfig:
     eval_every: int = 250
     max_minutes: float = 0.0          # stop early when the wall clock runs out (0: no limit)
     threads: int = 0                  # torch threads (0: torch's default)
-    device: str = "cpu"
+    device: str = "cpu"               # cpu | cuda (under torchrun: each rank its LOCAL_RANK's GPU)
+    parallel: str = "ddp"             # under torchrun: ddp | fsdp (fully_shard, for the large presets)
+    precision: str = "fp32"           # fp32 | bf16 (autocast; samplers' float32 steps stay float32)
+    activation_checkpointing: bool = False
 
     def validate(self) -> None:
         if self.batch_size < 1 or self.steps < 1 or self.eval_every < 1:
             raise ConfigError("batch_size, steps and eval_every must be positive")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        from rlir.training.distributed import PARALLEL, PRECISIONS
+        if self.parallel not in PARALLEL:
+            raise ConfigError(f"parallel must be one of {PARALLEL}, got {self.parallel!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+
+def setup_run(cfg: LoopConfig):
+    """Threads, then the process group torchrun describes (if any); cfg.device becomes this rank's device."""
+    from rlir.training.distributed import init
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    d = init(cfg.device, cfg.precision)
+    cfg.device = d.device
+    return d
+
+
+def prepare_model(model: torch.nn.Module, cfg: LoopConfig, d, forward_methods: tuple[str, ...] = ()) -> torch.nn.Module:
+    """Activation checkpointing if asked for, then DDP or fully_shard under torchrun."""
+    from rlir.training.distributed import checkpoint_activations, wrap
+    if cfg.activation_checkpointing:
+        checkpoint_activations(model)
+    return wrap(model, d, cfg.parallel, forward_methods)
 
 
 def warmup_cosine(opt: torch.optim.Optimizer, warmup: int, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -75,10 +102,14 @@ def unflatten_optimizer(tensors: dict, layout: dict) -> dict:
 
 def save_train_state(path: Path, kind: str, model: torch.nn.Module, opt, sched, meta: dict,
                      rngs: dict[str, np.random.Generator]) -> None:
-    opt_flat, layout = flatten_optimizer(opt.state_dict())
+    """Every rank calls it (FSDP gathers the shards); rank 0 writes the full, unsharded state."""
+    model_sd, opt_sd = model_state(model), optim_state(model, opt)
+    if not is_main():
+        return
+    opt_flat, layout = flatten_optimizer(opt_sd)
     save_checkpoint(path, {"kind": kind, **meta, "sched": sched.state_dict(), "optim_layout": layout,
                            "rngs": {k: g.bit_generator.state for k, g in rngs.items()}},
-                    {"model": model.state_dict(), "optim": opt_flat, "rng": {"torch": torch.get_rng_state()}})
+                    {"model": model_sd, "optim": opt_flat, "rng": {"torch": torch.get_rng_state()}})
 
 
 def load_train_state(path: Path, kind: str, model: torch.nn.Module, opt, sched,
@@ -87,8 +118,11 @@ def load_train_state(path: Path, kind: str, model: torch.nn.Module, opt, sched,
     if not (Path(path) / "config.json").is_file():
         return None
     meta = read_config(path, kind=kind)
-    load_state(model, path)
-    opt.load_state_dict(unflatten_optimizer(load_tensors(path, "optim"), meta["optim_layout"]))
+    try:
+        load_model_state(model, load_tensors(path))
+    except RuntimeError as e:
+        raise RlirError(f"{path}: weights do not fit the model in its config ({str(e).splitlines()[0]})") from None
+    load_optim_state(model, opt, unflatten_optimizer(load_tensors(path, "optim"), meta["optim_layout"]))
     sched.load_state_dict(meta["sched"])
     for k, g in rngs.items():
         g.bit_generator.state = meta["rngs"][k]
@@ -97,7 +131,11 @@ def load_train_state(path: Path, kind: str, model: torch.nn.Module, opt, sched,
 
 
 class RunLog:
-    """Scalars to TensorBoard and rows to metrics.jsonl (appended, so a resumed run keeps its past)."""
+    """Scalars to TensorBoard and rows to metrics.jsonl (appended, so a resumed run keeps its past).
+    On ranks other than 0 it writes nothing."""
+
+    def __new__(cls, out: Path):
+        return super().__new__(cls if is_main() else _NoLog)
 
     def __init__(self, out: Path):
         from torch.utils.tensorboard import SummaryWriter
@@ -115,3 +153,22 @@ class RunLog:
     def close(self) -> None:
         self.f.close()
         self.tb.close()
+
+
+class _NoLog(RunLog):
+    def __init__(self, out: Path):
+        self.tb = _Discard()
+
+    def scalars(self, step: int, values: dict, prefix: str = "") -> None:
+        pass
+
+    def row(self, row: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _Discard:
+    def __getattr__(self, name):
+        return lambda *a, **k: None

@@ -19,8 +19,9 @@ from rlir.data.store import EpisodeStore
 from rlir.errors import DataError
 from rlir.models.conv_ae import psnr
 from rlir.models.tokenizer import TokenizerConfig, VQTokenizer, tokenizer_loss
-from rlir.training.loop import (LoopConfig, RunLog, load_train_state, optimizer_step, save_train_state,
-                                 warmup_cosine)
+from rlir.training.distributed import model_state, unwrap
+from rlir.training.loop import (LoopConfig, RunLog, load_train_state, optimizer_step, prepare_model, save_train_state,
+                                 setup_run, warmup_cosine)
 from rlir.utils.checkpoint import load_state, read_config, save_checkpoint
 from rlir.utils.io import atomic_write_json
 
@@ -78,14 +79,14 @@ def load_tokenizer(path: str | Path, device: str = "cpu", kind: str = "tokenizer
 def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict:
     from tqdm import tqdm
     cfg.validate()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    d = setup_run(cfg)
+    rows = d.rows(cfg.batch_size)
     store = EpisodeStore(cfg.data, cache_size=1_000_000)
     store.require_resolution(cfg.model.resolution, "tokenizer" if cfg.model.quantize else "autoencoder")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    model = VQTokenizer(cfg.model).to(cfg.device)
+    model = prepare_model(VQTokenizer(cfg.model).to(cfg.device), cfg, d)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
     sched = warmup_cosine(opt, cfg.warmup, cfg.steps)
     sampler = ClipSampler(store, 1, cfg.batch_size, split="train", seed=cfg.seed)
@@ -95,29 +96,33 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict:
     step, best, history = (meta["step"], meta["best"], meta["history"]) if meta else (0, -1.0, [])
     runlog = RunLog(out)
     t0, t_start = time.time(), time.time() - (history[-1]["elapsed_s"] if history else 0.0)
-    bar = tqdm(total=cfg.steps, initial=step, desc=model.kind, disable=not progress)
+    bar = tqdm(total=cfg.steps, initial=step, desc=unwrap(model).kind, disable=not progress or not d.main)
     while step < cfg.steps:
         model.train()
-        x = torch.from_numpy(sampler.sample()["frames"][:, 0]).to(cfg.device)
-        recon, _, vq_loss = model(x)
-        loss = tokenizer_loss(recon, model.to_float(x), vq_loss)
+        x = torch.from_numpy(sampler.sample(rows)["frames"][:, 0]).to(cfg.device)   # this rank's rows
+        with d.autocast():
+            recon, _, vq_loss = model(x)
+            loss = tokenizer_loss(recon.float(), VQTokenizer.to_float(x), vq_loss)
         optimizer_step(loss, model, opt, sched, 1.0)
+        loss_v = d.mean({"loss": loss.item()})["loss"]
         step += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        out_of_time = cfg.max_minutes > 0 and (time.time() - t0) / 60 > cfg.max_minutes
+        bar.set_postfix(loss=f"{loss_v:.4f}")
+        out_of_time = d.max({"t": cfg.max_minutes > 0 and (time.time() - t0) / 60 > cfg.max_minutes})["t"] > 0
         if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
-            m = evaluate_tokenizer(model, vf)
-            row = {"step": step, "loss": float(loss.detach()), "elapsed_s": time.time() - t_start,
+            m = evaluate_tokenizer(unwrap(model), vf)
+            row = {"step": step, "loss": loss_v, "elapsed_s": time.time() - t_start,
                    **{f"val/{k}": v for k, v in m.items()}}
             history.append(row)
             runlog.row(row)
             runlog.scalars(step, {"train/loss": row["loss"], **{k: v for k, v in row.items() if k.startswith("val/")}})
             if m["psnr"] > best:
                 best = m["psnr"]
-                save_checkpoint(out / "checkpoints" / "best",
-                                {"kind": model.kind, "model": asdict(cfg.model), "step": step, "val": m},
-                                {"model": model.state_dict()})
+                sd = model_state(model)
+                if d.main:
+                    save_checkpoint(out / "checkpoints" / "best",
+                                    {"kind": unwrap(model).kind, "model": asdict(cfg.model), "step": step, "val": m},
+                                    {"model": sd})
             save_train_state(last, "tokenizer_train_state", model, opt, sched,
                              {"step": step, "best": best, "history": history}, {"sampler": sampler.rng})
             log.info("step %d  val psnr %.2f dB  codebook usage %.2f", step, m["psnr"], m.get("codebook_usage", float("nan")))
@@ -128,5 +133,6 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict:
     summary = {"steps": step, "train_minutes": history[-1]["elapsed_s"] / 60 if history else 0.0,
                "best_checkpoint": str(out / "checkpoints" / "best"), "best_val_psnr": best,
                "last": history[-1] if history else {}}
-    atomic_write_json(out / "train_summary.json", summary)
+    if d.main:
+        atomic_write_json(out / "train_summary.json", summary)
     return summary

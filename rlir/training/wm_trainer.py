@@ -27,8 +27,9 @@ from rlir.models.ar_world_model import ARConfig, build_llama, interleave, next_t
 from rlir.models.dit_world_model import PRESETS as DIT_PRESETS
 from rlir.models.dit_world_model import DiTConfig, DiTWorldModel, flow_matching_loss
 from rlir.models.tokenizer import TokenizerConfig, VQTokenizer
-from rlir.training.loop import (LoopConfig, RunLog, load_train_state, optimizer_step, save_train_state,
-                                 warmup_cosine)
+from rlir.training.distributed import model_state, unwrap
+from rlir.training.loop import (LoopConfig, RunLog, load_train_state, optimizer_step, prepare_model,
+                                 save_train_state, setup_run, warmup_cosine)
 from rlir.training.tokenizer_trainer import load_tokenizer
 from rlir.utils.checkpoint import load_state, read_config, save_checkpoint
 from rlir.utils.io import atomic_write_json
@@ -115,12 +116,24 @@ def build_world_model(mcfg):
     return build_llama(mcfg) if isinstance(mcfg, ARConfig) else DiTWorldModel(mcfg)
 
 
-def wm_loss(model, mcfg, c: torch.Tensor, a: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def wm_loss(model, mcfg, c: torch.Tensor, a: torch.Tensor, generator: torch.Generator | None = None,
+            noise: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Next-token loss (AR) or diffusion-forcing flow matching (diffusion) of windows c [B, T, N(, C)]."""
     if isinstance(mcfg, ARConfig):
         tok, vis = interleave(c, a, mcfg.n_codes)
         return next_token_loss(model, tok, vis, mcfg.tokens_per_frame)
-    return flow_matching_loss(model, c, a.to(c.device), generator)
+    sigma, eps = noise if noise is not None else (None, None)
+    return flow_matching_loss(model, c, a.to(c.device), generator, sigma, eps)
+
+
+def rank_loss(model, mcfg, c: torch.Tensor, a: torch.Tensor, rows: slice, device: str) -> torch.Tensor:
+    """The loss of this rank's rows of a global batch. Diffusion noise is drawn for the whole batch
+    and sliced, so splitting the batch over processes does not change what is computed."""
+    noise = None
+    if not isinstance(mcfg, ARConfig):
+        sigma, eps = torch.rand(c.shape[:2]), torch.randn(c.shape)
+        noise = (sigma[rows].to(device), eps[rows].to(device))
+    return wm_loss(model, mcfg, c[rows].to(device), a[rows], noise=noise)
 
 
 @torch.no_grad()
@@ -156,8 +169,8 @@ def load_ar_world_model(path: str | Path, device: str = "cpu"):
 def train_world_model(cfg: WMTrainConfig, progress: bool = True, explicit_model: dict | None = None) -> dict:
     from tqdm import tqdm
     cfg.validate()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    d = setup_run(cfg)
+    rows = d.rows(cfg.batch_size)
     codec_kind = "tokenizer" if cfg.paradigm == "ar" else "autoencoder"
     tok = load_tokenizer(cfg.codec, cfg.device, kind=codec_kind)
     store = EpisodeStore(cfg.data, cache_size=1_000_000)
@@ -165,10 +178,15 @@ def train_world_model(cfg: WMTrainConfig, progress: bool = True, explicit_model:
     mcfg = resolve_model_config(cfg, tok.cfg, explicit_model)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    codes = encode_store(tok, store, out / ("codes.safetensors" if cfg.paradigm == "ar" else "latents.safetensors"),
-                         progress=progress)
+    cache = out / ("codes.safetensors" if cfg.paradigm == "ar" else "latents.safetensors")
+    if d.main:                                   # rank 0 encodes the store once; the others read its cache
+        codes = encode_store(tok, store, cache, progress=progress)
+    d.barrier()
+    if not d.main:
+        codes = encode_store(tok, store, cache, progress=False)
     torch.manual_seed(cfg.seed)
-    model = build_world_model(mcfg).to(cfg.device)
+    model = prepare_model(build_world_model(mcfg).to(cfg.device), cfg, d,
+                          () if cfg.paradigm == "ar" else ("step_frame", "velocity_teacher_forced"))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     sched = warmup_cosine(opt, cfg.warmup, cfg.steps)
     rng = np.random.default_rng(cfg.seed)
@@ -180,30 +198,35 @@ def train_world_model(cfg: WMTrainConfig, progress: bool = True, explicit_model:
     log.info("%s world model: %.2fM parameters", cfg.paradigm, n_params / 1e6)
     runlog = RunLog(out)
     t0, t_start = time.time(), time.time() - (history[-1]["elapsed_s"] if history else 0.0)
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"wm {cfg.paradigm}", disable=not progress)
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"wm {cfg.paradigm}", disable=not progress or not d.main)
     while step < cfg.steps:
         model.train()
-        c, a = windows(codes, store, store.ids("train"), mcfg.clip_len, rng, cfg.batch_size)
-        loss = wm_loss(model, mcfg, c.to(cfg.device), a)
+        c, a = windows(codes, store, store.ids("train"), mcfg.clip_len, rng, cfg.batch_size)   # the global batch
+        with d.autocast():
+            loss = rank_loss(model, mcfg, c, a, rows, cfg.device)
         optimizer_step(loss, model, opt, sched, 1.0)
+        loss_v = d.mean({"loss": loss.item()})["loss"]
         step += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{loss_v:.3f}")
         if step % 25 == 0:
-            runlog.scalars(step, {"train/loss": loss.item(), "train/lr": sched.get_last_lr()[0]})
-        out_of_time = cfg.max_minutes > 0 and (time.time() - t0) / 60 > cfg.max_minutes
+            runlog.scalars(step, {"train/loss": loss_v, "train/lr": sched.get_last_lr()[0]})
+        out_of_time = d.max({"t": cfg.max_minutes > 0 and (time.time() - t0) / 60 > cfg.max_minutes})["t"] > 0
         if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
-            vl = val_loss(model, mcfg, vc, va, cfg.device)
-            row = {"step": step, "loss": float(loss.detach()), "val/loss": vl, "elapsed_s": time.time() - t_start}
+            with d.autocast():
+                vl = val_loss(unwrap(model), mcfg, vc, va, cfg.device)
+            row = {"step": step, "loss": loss_v, "val/loss": vl, "elapsed_s": time.time() - t_start}
             history.append(row)
             runlog.row(row)
             runlog.scalars(step, {"val/loss": vl})
             if vl < best:
                 best = vl
-                save_checkpoint(out / "checkpoints" / "best",
-                                wm_checkpoint_config(mcfg, tok.cfg, {"step": step, "val_loss": vl,
-                                                                     "codec_checkpoint": str(cfg.codec)}),
-                                {"model": model.state_dict(), "codec": tok.state_dict()})
+                sd = model_state(model)                  # every rank: FSDP gathers the shards
+                if d.main:
+                    save_checkpoint(out / "checkpoints" / "best",
+                                    wm_checkpoint_config(mcfg, tok.cfg, {"step": step, "val_loss": vl,
+                                                                         "codec_checkpoint": str(cfg.codec)}),
+                                    {"model": sd, "codec": tok.state_dict()})
             save_train_state(last, "wm_train_state", model, opt, sched,
                              {"step": step, "best": best, "history": history}, {"windows": rng})
             log.info("step %d  val loss %.4f", step, vl)
@@ -213,5 +236,6 @@ def train_world_model(cfg: WMTrainConfig, progress: bool = True, explicit_model:
     runlog.close()
     summary = {"steps": step, "params": n_params, "train_minutes": history[-1]["elapsed_s"] / 60 if history else 0.0,
                "best_checkpoint": str(out / "checkpoints" / "best"), "best_val_loss": best}
-    atomic_write_json(out / "train_summary.json", summary)
+    if d.main:
+        atomic_write_json(out / "train_summary.json", summary)
     return summary
