@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +21,11 @@ def _resolution(text: str) -> tuple[int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"resolution must be HxW, e.g. 48x64, got {text!r}") from None
     return h, w
+
+
+def _add_device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=["cpu", "cuda"],
+                   help="default: the config's (cpu); under torchrun each rank takes the GPU of its LOCAL_RANK")
 
 
 def _add_config_args(p: argparse.ArgumentParser, default: str | None) -> None:
@@ -67,7 +74,7 @@ def cmd_data_convert_vpt(a) -> int:
 def cmd_idm_train(a) -> int:
     from rlir.config import load_config
     from rlir.training.idm_trainer import IDMTrainConfig, train_idm
-    cfg = load_config(IDMTrainConfig, a.config, a.overrides, data=a.data, out=a.out)
+    cfg = load_config(IDMTrainConfig, a.config, a.overrides, data=a.data, out=a.out, device=a.device)
     res = train_idm(cfg, progress=not a.quiet)
     print(f"trained {res['steps']} steps in {res['train_minutes']:.1f} min; best checkpoint {res['best_checkpoint']}")
     return 0
@@ -97,7 +104,7 @@ def cmd_idm_eval(a) -> int:
 def cmd_tokenizer_train(a) -> int:
     from rlir.config import load_config
     from rlir.training.tokenizer_trainer import TokenizerTrainConfig, train_tokenizer
-    cfg = load_config(TokenizerTrainConfig, a.config, a.overrides, data=a.data, out=a.out)
+    cfg = load_config(TokenizerTrainConfig, a.config, a.overrides, data=a.data, out=a.out, device=a.device)
     cfg.model.quantize = a.verb == "tokenizer"      # the verb decides: discrete codes or continuous latents
     res = train_tokenizer(cfg, progress=not a.quiet)
     print(f"trained {res['steps']} steps in {res['train_minutes']:.1f} min; validation PSNR "
@@ -110,7 +117,7 @@ def cmd_wm_train(a) -> int:
     from rlir.training.wm_trainer import WMTrainConfig, train_world_model
     default = f"configs/wm/{'diffusion' if a.paradigm == 'diffusion' else 'ar'}_tiny.yaml"
     config = a.config or default
-    cfg = load_config(WMTrainConfig, config, a.overrides, paradigm=a.paradigm, data=a.data, out=a.out,
+    cfg = load_config(WMTrainConfig, config, a.overrides, paradigm=a.paradigm, data=a.data, out=a.out, device=a.device,
                       codec=a.tokenizer or a.autoencoder, preset=a.preset)
     given = merged_dict(config, a.overrides)
     explicit = given.get("model" if cfg.paradigm == "ar" else "dit", {})   # sizes given by the user beat the preset
@@ -137,7 +144,7 @@ def cmd_posttrain(a) -> int:
     from rlir.utils.checkpoint import read_config
     paradigm = read_config(a.world_model, kind="world_model").get("paradigm", "ar")
     cfg = load_config(GRPOConfig, a.config or f"configs/posttrain/{paradigm}_tiny.yaml", a.overrides,
-                      world_model=a.world_model, idm=a.idm, judge=a.judge, data=a.data, out=a.out)
+                      world_model=a.world_model, idm=a.idm, judge=a.judge, data=a.data, out=a.out, device=a.device)
     res = posttrain(cfg, progress=not a.quiet)
     probe = ", ".join(f"{k} {v:.3f}" for k, v in res["probe"].items())
     print(f"post-trained {res['steps']} steps ({res['paradigm']}) in {res['minutes']:.1f} min; training reward "
@@ -218,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     it = isub.add_parser("train", help="train a reward IDM (configs/idm/tiny.yaml) or a judge (judge_tiny.yaml)")
     it.add_argument("--data", required=True)
     it.add_argument("--out", required=True, help="run folder: checkpoints/{best,last}, metrics.jsonl, tb/")
+    _add_device_arg(it)
     _add_config_args(it, "configs/idm/tiny.yaml")
     it.set_defaults(func=cmd_idm_train)
     ie = isub.add_parser("eval", help="action metrics of IDMs on real clips (the post-training upper bound)")
@@ -239,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         tt = tsub.add_parser("train", help=f"train {what} (configs/{config}/tiny.yaml)")
         tt.add_argument("--data", required=True)
         tt.add_argument("--out", required=True, help="run folder: checkpoints/{best,last}, metrics.jsonl, tb/")
+        _add_device_arg(tt)
         _add_config_args(tt, f"configs/{config}/tiny.yaml")
         tt.set_defaults(func=cmd_tokenizer_train)
 
@@ -252,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     wt.add_argument("--autoencoder", help="continuous autoencoder checkpoint (paradigm diffusion)")
     wt.add_argument("--out", required=True, help="run folder: checkpoints/{best,last}, metrics.jsonl, tb/")
     wt.add_argument("--preset", help="model size: ar tiny/300M/700M/1.2B (Table 4), diffusion tiny/310M/774M (Table 5)")
+    _add_device_arg(wt)
     _add_config_args(wt, None)
     wt.set_defaults(func=cmd_wm_train)
 
@@ -277,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--judge", help="judge IDM checkpoint: scored on a probe set to detect reward hacking")
     pt.add_argument("--data", required=True, help="episode store: prompts from its train split, probe from val")
     pt.add_argument("--out", required=True, help="run folder (resumes if it exists)")
+    _add_device_arg(pt)
     _add_config_args(pt, None)
     pt.set_defaults(func=cmd_posttrain)
 
@@ -337,16 +348,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    level = logging.DEBUG if args.verbose else logging.INFO
+    rank = int(os.environ.get("RANK", "0"))      # under torchrun only rank 0 reports; the others warn
+    if rank > 0:
+        args.quiet, level = True, logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        return args.func(args)
+        with contextlib.redirect_stdout(open(os.devnull, "w")) if rank > 0 else contextlib.nullcontext():
+            return args.func(args)
     except RlirError as e:
-        print(f"rlir: error: {e}", file=sys.stderr)
+        print(f"rlir: error: {e}" if rank == 0 else f"rlir: error (rank {rank}): {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("rlir: interrupted", file=sys.stderr)
         return 130
+    finally:
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -130,11 +130,13 @@ class Rollout:
 
 @torch.no_grad()
 def sample(model, cfg: ARConfig, codes0: torch.Tensor, actions: torch.Tensor, frames: int | None = None,
-           temperature: float = 1.0, top_p: float = 0.8, generator: torch.Generator | None = None) -> Rollout:
+           temperature: float = 1.0, top_p: float = 0.8, generator=None) -> Rollout:
     """Roll the world model out from frame 0's codes [B, N] under actions [B, >=frames-1, 9].
 
     Token by token with a KV cache; the real action tokens are forced in after each frame.
+    generator: a torch.Generator, or GroupGenerators (rlir/utils/rand.py) for per-group draws.
     """
+    from rlir.utils.rand import multinomial
     frames = frames or cfg.clip_len
     B, N, dev = codes0.shape[0], cfg.tokens_per_frame, codes0.device
     act = action_tokens(actions[:, : frames - 1], cfg.n_codes, dev)     # [B, frames-1, 11]
@@ -148,7 +150,7 @@ def sample(model, cfg: ARConfig, codes0: torch.Tensor, actions: torch.Tensor, fr
             out = model(input_ids=feed, past_key_values=cache, use_cache=True)
             cache = out.past_key_values
             lp = policy_logprobs(out.logits[:, -1], cfg.n_codes, temperature, top_p)
-            tok = torch.multinomial(lp.exp(), 1, generator=generator)                    # [B, 1]
+            tok = multinomial(lp.exp(), 1, generator)                                    # [B, 1]
             frame_toks.append(tok)
             frame_lp.append(lp.gather(-1, tok))
             feed = tok if j < N - 1 else (torch.cat([tok, act[:, t]], 1) if t < frames - 1 else None)

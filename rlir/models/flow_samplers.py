@@ -79,11 +79,13 @@ class SDETrajectory:
 @torch.no_grad()
 def rollout(model: DiTWorldModel, z0: torch.Tensor, actions: torch.Tensor, frames: int, steps: int = 18,
             mode: str = "ode", solver: str = "dpm++", eta: float = 0.75, shift: float = 1.0,
-            generator: torch.Generator | None = None):
+            generator=None):
     """Generate frames 1..frames-1 from frame 0's latents z0 [B, N, C] under actions [B, >=frames-1, 9].
 
     mode 'ode': returns latents [B, F, N, C]. mode 'sde' (Flow-GRPO): returns an SDETrajectory.
-    The finished frames' keys/values are cached (computed once at sigma = 0)."""
+    The finished frames' keys/values are cached (computed once at sigma = 0).
+    generator: a torch.Generator, or GroupGenerators (rlir/utils/rand.py) for per-group draws."""
+    from rlir.utils.rand import randn
     B, N, C = z0.shape
     zeros = torch.zeros(B, device=z0.device)
     _, cache = model.step_frame(z0, zeros, None, 0, None)
@@ -91,7 +93,7 @@ def rollout(model: DiTWorldModel, z0: torch.Tensor, actions: torch.Tensor, frame
     s = flow_sigmas(steps, shift)
     for f in range(1, frames):
         a = actions[:, f - 1]
-        x = torch.randn(B, N, C, generator=generator, device=z0.device)
+        x = randn((B, N, C), generator, z0.device)
 
         def velocity(x_, sigma, a=a, f=f):
             return model.step_frame(x_, torch.full((B,), sigma, device=z0.device), a, f, cache)[0]
@@ -100,7 +102,7 @@ def rollout(model: DiTWorldModel, z0: torch.Tensor, actions: torch.Tensor, frame
         elif mode == "sde":
             xs, lps = [x], []
             for i in range(steps):
-                noise = torch.randn(x.shape, generator=generator, device=z0.device)
+                noise = randn(x.shape, generator, z0.device)
                 x, _, _, lp = sde_step(x, velocity(x, float(s[i])), s[i], s[i + 1], eta, float(s[1]), noise)
                 xs.append(x)
                 lps.append(lp)

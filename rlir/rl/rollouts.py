@@ -79,9 +79,9 @@ class ARPolicy:
         loss, lm = token_grpo_loss(logp, ro.old["logp"], adv.to(logp.device), d["mask"],
                                    ref_logp=ro.old.get("ref"), max_tokens=d["mask"].shape[1], **self.loss_kw)
         metrics.update(lm)
-        if not torch.isfinite(loss):
+        (loss * scale).backward()     # even when non-finite: under FSDP every rank must run its backward
+        if not torch.isfinite(loss):  # the trainer then drops the whole update
             return {**metrics, "nonfinite": 1.0}
-        (loss * scale).backward()
         metrics["loss"] = loss.item()
         return metrics
 
@@ -117,7 +117,8 @@ class DiffusionPolicy:
         video[:, 0] = frame0
         # timestep selection: a random subset of steps 0..S-2 per rollout (the last step is near-deterministic)
         B = len(video)
-        keys = torch.rand(B, self.sde_steps - 1, generator=generator, device=generator.device)
+        from rlir.utils.rand import rand
+        keys = rand((B, self.sde_steps - 1), generator, generator.device)
         chosen = keys.argsort(1)[:, : self.n_train_steps]
         return Rollouts(video, actions, {"latents": tr.latents, "steps": tr.steps, "logps": tr.logps,
                                          "chosen": chosen.cpu()})
@@ -149,11 +150,11 @@ class DiffusionPolicy:
             ref = (refs[k] if first else ro.old["ref"][:, k]) if self.beta > 0 else None
             loss, lm = flow_grpo_loss(logp, old, adv.to(dev), self.clip_range, self.adv_clip_max, self.beta,
                                       mean, ref, std)
+            (loss * scale / K).backward()            # even when non-finite (FSDP: every rank runs it)
             if not torch.isfinite(loss):
-                return {"nonfinite": 1.0}
-            (loss * scale / K).backward()
+                sums["nonfinite"] = 1.0
             for key, v in {**lm, "loss": loss.item()}.items():
-                if key != "logp_mismatch":
+                if key not in ("logp_mismatch", "nonfinite"):
                     sums[key] = sums.get(key, 0.0) + v / K
         if first:
             ro.old["logp"] = torch.stack(olds, 1)

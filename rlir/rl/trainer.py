@@ -25,6 +25,7 @@ import torch
 
 from rlir.errors import ConfigError
 from rlir.rl.grpo import LOSS_TYPES, SCALE_REWARDS, group_advantages, zero_std_groups
+from rlir.training.distributed import all_reduce_grads, model_state
 from rlir.training.loop import LoopConfig, RunLog, load_train_state, save_train_state, warmup_cosine
 
 log = logging.getLogger("rlir.posttrain")
@@ -132,8 +133,9 @@ class FixedPrompts:
         self.clips = load_clips(store, self.windows, frames)
         self.batch_size, self.rng = batch_size, np.random.default_rng(seed)
 
-    def sample(self) -> dict:
+    def sample(self, rows: slice | None = None) -> dict:
         k = self.rng.choice(len(self.windows), size=self.batch_size, replace=len(self.windows) < self.batch_size)
+        k = k[rows] if rows is not None else k        # the global draw, then this process's rows
         return {key: self.clips[key][k] for key in ("frames", "actions", "camera_deg")}
 
 
@@ -155,9 +157,18 @@ class Posttrainer:
         from rlir.training.idm_trainer import load_idm
         from rlir.training.wm_trainer import load_world_model_checkpoint
         from rlir.utils.checkpoint import read_config
+        from rlir.training.distributed import checkpoint_activations, wrap
+        from rlir.training.loop import setup_run
         cfg.validate()
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        self.d = setup_run(cfg)
+        self.rows = self.d.rows(cfg.batch_size, "batch_size (prompts per step)")   # this rank's prompts
+        local = (self.rows.stop - self.rows.start) * cfg.num_generations
+        if local % cfg.gradient_accumulation_steps:
+            raise ConfigError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must divide each "
+                              f"process's rollouts ({local})")
+        if self.d.world > 1 and 0 < cfg.probe_clips < self.d.world:
+            raise ConfigError(f"probe_clips ({cfg.probe_clips}) must be 0 or at least the number of processes "
+                              f"({self.d.world})")
         self.cfg, dev = cfg, cfg.device
         self.wm_config = read_config(cfg.world_model, kind="world_model")
         self.paradigm = self.wm_config["paradigm"]
@@ -190,49 +201,63 @@ class Posttrainer:
                                   timestep_fraction=cfg.timestep_fraction, clip_range=cfg.clip_range,
                                   adv_clip_max=cfg.adv_clip_max, eval_steps=cfg.eval_steps)
         self.ref = None
-        if cfg.beta > 0:              # the frozen reference policy of the KL term
+        if cfg.beta > 0:              # the frozen reference policy of the KL term (replicated on every rank)
             self.ref = copy.deepcopy(self.model).eval()
             for p in self.ref.parameters():
                 p.requires_grad_(False)
+        if cfg.activation_checkpointing:
+            checkpoint_activations(self.model)
+        # Under torchrun: fsdp shards the policy (fully_shard); ddp keeps a replica per rank and averages
+        # gradients after each accumulation (all_reduce_grads), since the RL step runs the model
+        # through sampler methods and a varying number of backward passes that DDP's hooks cannot follow.
+        self.sharded = cfg.parallel == "fsdp" and self.d.world > 1
+        if self.sharded:
+            wrap(self.model, self.d, "fsdp", ("step_frame", "velocity_teacher_forced")
+                 if self.paradigm == "diffusion" else ())
+        elif self.d.world > 1:
+            import torch.distributed as dist
+            for p in self.model.state_dict().values():       # replicas start equal, as DDP ensures
+                dist.broadcast(p, 0)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = warmup_cosine(self.opt, cfg.warmup, cfg.steps * cfg.num_iterations)
         self.out = Path(cfg.out)
 
     # --- one step ---------------------------------------------------------------------------------
     def _generate(self, step: int, round_: int):
+        """This rank's groups of one draw: each group from its own generator, seeded by its global index."""
+        from rlir.utils.rand import GroupGenerators, group_seeds
         cfg = self.cfg
-        g = torch.Generator(device=cfg.device).manual_seed(cfg.seed * 1_000_003 + step * 101 + round_)
-        clips = self.prompts.sample()
+        g = GroupGenerators(group_seeds(cfg.seed, step, round_, range(self.rows.start, self.rows.stop)),
+                            cfg.num_generations, cfg.device)
+        clips = self.prompts.sample(self.rows)
         real = torch.from_numpy(clips["frames"]).repeat_interleave(cfg.num_generations, 0)
         actions = torch.from_numpy(clips["actions"].astype(np.int64)).repeat_interleave(cfg.num_generations, 0)
         self.model.eval()
-        ro = self.policy.rollout(real[:, 0], actions, g)
+        with self.d.autocast():
+            ro = self.policy.rollout(real[:, 0], actions, g)
         from rlir.rl.rewards import combine_rewards
         rewards, parts = combine_rewards(self.reward_fns, self.reward_weights, ro.video, real, actions)
         return ro, real, rewards, parts
 
     def rollouts(self, step: int):
-        """Rollouts, rewards and per-function rewards of one step, with dynamic sampling applied."""
+        """This rank's rollouts, rewards and per-function rewards of one step, dynamic sampling applied.
+
+        resample: a group without signal is swapped for the group drawn in its slot in a fresh round
+        (if that one has signal), so the result does not depend on how groups are spread over ranks;
+        every rank runs the same rounds (decided on the gathered rewards)."""
         cfg, G = self.cfg, self.cfg.num_generations
         ro, real, rewards, parts = self._generate(step, 0)
-        if cfg.dynamic_sampling == "resample":     # swap groups without signal for fresh ones
+        if cfg.dynamic_sampling == "resample":
             for r in range(1, cfg.max_resample_rounds + 1):
-                flat = zero_std_groups(rewards, G)
-                if not flat.any():
+                if not zero_std_groups(self.d.gather(rewards), G).any():
                     break
                 ro2, real2, rewards2, parts2 = self._generate(step, r)
-                fresh = ~zero_std_groups(rewards2, G)
-                take = torch.nonzero(fresh).flatten()[: int(flat.sum())]
-                if len(take) == 0:
-                    continue
-                drop = torch.nonzero(flat).flatten()[: len(take)]
-                keep_groups = [i for i in range(len(flat)) if i not in set(drop.tolist())]
-                idx = lambda groups: torch.cat([torch.arange(g * G, (g + 1) * G) for g in groups])   # noqa: E731
-                a, b = idx(keep_groups), idx(take.tolist())
-                ro = type(ro).cat([ro.select(a), ro2.select(b)])
-                real = torch.cat([real[a], real2[b]])
-                rewards = torch.cat([rewards[a], rewards2[b]])
-                parts = {k: torch.cat([parts[k][a], parts2[k][b]]) for k in parts}
+                swap = (zero_std_groups(rewards, G) & ~zero_std_groups(rewards2, G)).repeat_interleave(G)
+                idx = torch.arange(len(rewards)) + len(rewards) * swap.long()     # row i of [first | fresh]
+                ro = type(ro).cat([ro, ro2]).select(idx)
+                real = torch.cat([real, real2])[idx]
+                rewards = torch.cat([rewards, rewards2])[idx]
+                parts = {k: torch.cat([parts[k], parts2[k]])[idx] for k in parts}
         return ro, real, rewards, parts
 
     def step(self, step: int) -> dict:
@@ -240,34 +265,45 @@ class Posttrainer:
         t0 = time.time()
         ro, real, rewards, parts = self.rollouts(step)
         t_gen = time.time() - t0
-        adv = group_advantages(rewards, G, cfg.scale_rewards)
-        flat = zero_std_groups(rewards, G)
-        r = rewards.view(-1, G)
-        row = {"step": step + 1, "reward": float(rewards.mean()), "reward_std": float(r.std(1).mean()),
-               "frac_reward_zero_std": float(flat.float().mean())}
+        d = self.d
+        all_rewards = d.gather(rewards)                        # advantages need whole groups (or the batch)
+        adv = group_advantages(all_rewards, G, cfg.scale_rewards)[self.rows.start * G:self.rows.stop * G]
+        flat_all = zero_std_groups(all_rewards, G)
+        flat = flat_all[self.rows]
+        r = all_rewards.view(-1, G)
+        row = {"step": step + 1, "world_size": d.world, "rollouts_per_rank": len(rewards),
+               "reward": float(all_rewards.mean()), "reward_std": float(r.std(1).mean()),
+               "frac_reward_zero_std": float(flat_all.float().mean())}
         for name, v in parts.items():
+            v = d.gather(v)
             row[f"rewards/{name}/mean"], row[f"rewards/{name}/std"] = float(v.mean()), float(v.std())
-        use = torch.arange(len(rewards))
+        use, n_use = torch.arange(len(rewards)), len(all_rewards)
         if cfg.dynamic_sampling != "none":       # groups with equal rewards carry no signal
-            use = torch.nonzero(~flat.repeat_interleave(G)).flatten()
+            n_use = int((~flat_all).sum()) * G
+            if not self.sharded:                 # (FSDP keeps their rows: every rank runs equal passes;
+                use = torch.nonzero(~flat.repeat_interleave(G)).flatten()   # their advantage is 0)
+        w = d.world / max(n_use, 1)              # each row's weight: the loss is a mean over n_use rows
         sums: dict[str, float] = {}
         skipped = 0
-        if len(use):
+        if n_use:
             n_chunks = min(cfg.gradient_accumulation_steps, len(use))
-            chunks = [(ro.select(i), adv[i]) for i in torch.tensor_split(use, n_chunks)]
+            chunks = [(ro.select(i), adv[i]) for i in torch.tensor_split(use, n_chunks)] if len(use) else []
             self.model.train()
             for _ in range(cfg.num_iterations):
                 self.opt.zero_grad(set_to_none=True)
                 bad = False
                 for chunk, a in chunks:
-                    m = self.policy.accumulate(chunk, a, len(a) / len(use), self.ref)
-                    if m.get("nonfinite"):
-                        bad = True
-                        break
+                    with d.autocast():
+                        m = self.policy.accumulate(chunk, a, len(a) * w, self.ref)
+                    bad = bad or bool(m.pop("nonfinite", False))
                     for k, v in m.items():
                         sums[k] = max(sums.get(k, 0.0), v) if k == "logp_mismatch" else \
-                            sums.get(k, 0.0) + v * len(a) / len(use) / cfg.num_iterations
+                            sums.get(k, 0.0) + v * len(a) * w / d.world / cfg.num_iterations
+                if not self.sharded:
+                    all_reduce_grads(self.model.parameters(), d)
+                bad = d.max({"bad": float(bad)})["bad"] > 0
                 norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
                 if bad or not torch.isfinite(norm):
                     warnings.warn(f"step {step + 1}: non-finite loss or gradient, update skipped")
                     self.opt.zero_grad(set_to_none=True)
@@ -284,10 +320,17 @@ class Posttrainer:
                 warnings.simplefilter("ignore", UserWarning)
                 for _ in range(cfg.num_iterations):
                     self.sched.step()
+        mismatch = sums.pop("logp_mismatch", None)
+        grad_norm = sums.pop("grad_norm", None)
+        sums = {k: v * d.world for k, v in d.mean(sums).items()}         # weighted sums over ranks
+        if mismatch is not None:
+            sums["logp_mismatch"] = d.max({"m": mismatch})["m"]
+        if grad_norm is not None:
+            sums["grad_norm"] = grad_norm                                  # already the global norm
         row.update(sums)
         row.update({"skipped_updates": skipped, "learning_rate": self.sched.get_last_lr()[0],
                     "step_time": time.time() - t0, "generation_time": t_gen,
-                    "rollout_frames_per_s": len(rewards) * (cfg.frames - 1) / max(t_gen, 1e-9)})
+                    "rollout_frames_per_s": len(all_rewards) * (cfg.frames - 1) / max(t_gen, 1e-9)})
         self._last = (ro, real)
         return row
 
@@ -297,17 +340,24 @@ class Posttrainer:
         """Reward IDM and judge IDM on the fixed probe clips, generated with the evaluation sampler."""
         if self.probe is None:
             return {}
-        g = torch.Generator(device=self.cfg.device).manual_seed(self.cfg.seed + 7)
+        from rlir.utils.rand import GroupGenerators
+        d = self.d
+        idx = np.arange(len(self.probe["frames"]))[d.rank::d.world]     # ranks split the probe clips
+        g = GroupGenerators([self.cfg.seed * 7919 + 7 + int(i) for i in idx], 1, self.cfg.device)
         self.model.eval()
-        frames = torch.from_numpy(self.probe["frames"])
-        actions = torch.from_numpy(self.probe["actions"].astype(np.int64))
-        ro = self.policy.rollout(frames[:, 0], actions, g, evaluation=True, eval_top_p=self.cfg.eval_top_p)
-        out = {"probe/reward": float(self.probe_reward(ro.video, actions).mean())}
+        frames = torch.from_numpy(self.probe["frames"][idx])
+        actions = torch.from_numpy(self.probe["actions"][idx].astype(np.int64))
+        with d.autocast():
+            ro = self.policy.rollout(frames[:, 0], actions, g, evaluation=True, eval_top_p=self.cfg.eval_top_p)
+        scores = {"probe/reward": self.probe_reward(ro.video, actions)}
         if self.judge_reward is not None:
-            out["judge/reward"] = float(self.judge_reward(ro.video, actions).mean())
-        return out
+            scores["judge/reward"] = self.judge_reward(ro.video, actions)
+        n = len(self.probe["frames"])
+        return {k: d.mean({k: float(v.sum()) * d.world / n})[k] for k, v in scores.items()}
 
     def media(self, step: int, runlog: RunLog) -> None:
+        if not self.d.main:
+            return
         ro, real = self._last
         G = self.cfg.num_generations
         rows = [ro.video[i].numpy() for i in range(min(G, 3))]
@@ -324,8 +374,11 @@ class Posttrainer:
         from rlir.training.wm_trainer import wm_checkpoint_config
         from rlir.utils.checkpoint import save_checkpoint
         extra = {"step": step, "posttrained_from": str(self.cfg.world_model), "posttrain": asdict(self.cfg)}
-        save_checkpoint(self.out / "checkpoints" / "policy", wm_checkpoint_config(self.mcfg, self.codec.cfg, extra),
-                        {"model": self.model.state_dict(), "codec": self.codec.state_dict()})
+        sd = model_state(self.model)              # every rank: FSDP gathers the shards; rank 0 writes
+        if self.d.main:
+            save_checkpoint(self.out / "checkpoints" / "policy",
+                            wm_checkpoint_config(self.mcfg, self.codec.cfg, extra),
+                            {"model": sd, "codec": self.codec.state_dict()})
         save_train_state(self.out / "checkpoints" / "last", "posttrain_state", self.model, self.opt, self.sched,
                          {"step": step, "history": history[-200:]}, {"prompts": self.prompts.rng})
 
@@ -341,7 +394,8 @@ def posttrain(cfg: GRPOConfig, progress: bool = True, stop_at_step: int | None =
     meta = load_train_state(out / "checkpoints" / "last", "posttrain_state", tr.model, tr.opt, tr.sched,
                             {"prompts": tr.prompts.rng})
     step = meta["step"] if meta else 0
-    _truncate_log(out / "metrics.jsonl", step if meta else -1)   # no checkpoint yet: start the log afresh
+    if tr.d.main:
+        _truncate_log(out / "metrics.jsonl", step if meta else -1)   # no checkpoint yet: start the log afresh
     history = list(meta["history"]) if meta else []
     runlog = RunLog(out)
     t_start = time.time()
@@ -350,11 +404,11 @@ def posttrain(cfg: GRPOConfig, progress: bool = True, stop_at_step: int | None =
         if base:
             runlog.row({"step": 0, **base})
             runlog.scalars(0, base)
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"posttrain {tr.paradigm}", disable=not progress)
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"posttrain {tr.paradigm}", disable=not progress or not tr.d.main)
     while step < cfg.steps:
         row = tr.step(step)
         step += 1
-        out_of_time = cfg.max_minutes > 0 and (time.time() - t_start) / 60 > cfg.max_minutes
+        out_of_time = tr.d.max({"t": cfg.max_minutes > 0 and (time.time() - t_start) / 60 > cfg.max_minutes})["t"] > 0
         if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
             row.update(tr.probe_rewards())
         if cfg.media_every and (step % cfg.media_every == 0 or step == cfg.steps):
@@ -378,5 +432,6 @@ def posttrain(cfg: GRPOConfig, progress: bool = True, stop_at_step: int | None =
                "probe": {k_: v for k_, v in (history[-1] if history else {}).items() if "/" in k_ and
                          k_.split("/")[0] in ("probe", "judge")},
                "minutes": (time.time() - t_start) / 60}
-    atomic_write_json(out / "posttrain_summary.json", summary)
+    if tr.d.main:
+        atomic_write_json(out / "posttrain_summary.json", summary)
     return summary

@@ -144,7 +144,11 @@ def wrap(model: nn.Module, d: Dist, parallel: str = "ddp", forward_methods: tupl
         from torch.nn.parallel import DistributedDataParallel as DDP
         return DDP(model, device_ids=[d.local_rank] if d.device.startswith("cuda") else None)
     from torch.distributed.device_mesh import init_device_mesh
+    import warnings
+
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+    # our models return views (x.view(...)); nothing modifies a model's output in place
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     mesh = init_device_mesh(torch.device(d.device).type, (d.world,))
     for m in shard_units(model):
         fully_shard(m, mesh=mesh)
@@ -194,6 +198,8 @@ def optim_state(model: nn.Module, opt: torch.optim.Optimizer) -> dict:
         return opt.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
     sd = get_optimizer_state_dict(model, opt, options=StateDictOptions(**_FULL))
+    if not sd:                                     # ranks other than 0 receive nothing (they do not write)
+        return {}
     index = {n: i for i, n in enumerate(_param_names(model))}
     groups = [{**g, "params": [index[p] for p in g["params"]]} for g in sd["param_groups"]]
     return {"state": {index[k]: v for k, v in sd["state"].items()}, "param_groups": groups}

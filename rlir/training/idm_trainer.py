@@ -224,7 +224,8 @@ def train_idm(cfg: IDMTrainConfig, progress: bool = True, stop_at_step: int | No
                 m = evaluate_idm(unwrap(model), store, "val", cfg.model.clip_len, max_clips=cfg.val_clips, n_boot=0,
                                  device=cfg.device)
             h = m["metrics"]
-            row = {"step": step, "loss": loss_v, "elapsed_s": time.time() - t_start,
+            row = {"step": step, "loss": loss_v, "elapsed_s": time.time() - t_start, "world_size": d.world,
+                   "rows_per_rank": rows.stop - rows.start,
                    **{f"val/{k}": v for k, v in h.items()}}
             history.append(row)
             runlog.row(row)

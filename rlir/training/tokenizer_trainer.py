@@ -111,7 +111,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict:
         out_of_time = d.max({"t": cfg.max_minutes > 0 and (time.time() - t0) / 60 > cfg.max_minutes})["t"] > 0
         if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
             m = evaluate_tokenizer(unwrap(model), vf)
-            row = {"step": step, "loss": loss_v, "elapsed_s": time.time() - t_start,
+            row = {"step": step, "loss": loss_v, "elapsed_s": time.time() - t_start, "world_size": d.world,
+                   "rows_per_rank": rows.stop - rows.start,
                    **{f"val/{k}": v for k, v in m.items()}}
             history.append(row)
             runlog.row(row)

@@ -215,7 +215,8 @@ def train_world_model(cfg: WMTrainConfig, progress: bool = True, explicit_model:
         if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
             with d.autocast():
                 vl = val_loss(unwrap(model), mcfg, vc, va, cfg.device)
-            row = {"step": step, "loss": loss_v, "val/loss": vl, "elapsed_s": time.time() - t_start}
+            row = {"step": step, "loss": loss_v, "val/loss": vl, "elapsed_s": time.time() - t_start,
+                   "world_size": d.world, "rows_per_rank": rows.stop - rows.start}
             history.append(row)
             runlog.row(row)
             runlog.scalars(step, {"val/loss": vl})
