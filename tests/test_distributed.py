@@ -153,3 +153,69 @@ def test_batch_that_does_not_split_evenly_is_a_clear_error(tmp_path, data):
                         "-m", "rlir", "-q", *args], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert r.returncode != 0
     assert "batch_size (prompts per step) (3) must be divisible by the number of processes (2)" in r.stderr
+
+
+# --- one process: activation checkpointing, bf16 autocast, devices --------------------------------
+@pytest.mark.parametrize("paradigm", ["ar", "diffusion"])
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(paradigm):
+    import copy
+
+    from rlir.models.ar_world_model import build_llama
+    from rlir.models.dit_world_model import DiTWorldModel
+    from rlir.training.distributed import checkpoint_activations
+    from rlir.training.wm_trainer import wm_loss
+    from tests.test_grpo import AR, DIT
+    torch.manual_seed(0)
+    mcfg = AR if paradigm == "ar" else DIT
+    plain = build_llama(AR) if paradigm == "ar" else DiTWorldModel(DIT)
+    ckpt = copy.deepcopy(plain)
+    checkpoint_activations(ckpt)
+    assert "_checkpoint_wrapped_module" in str(ckpt) and ckpt.state_dict().keys() == plain.state_dict().keys()
+    c = torch.randint(0, 16, (2, 4, 4)) if paradigm == "ar" else torch.randn(2, 4, 4, 4)
+    a = torch.randint(0, 2, (2, 4, 9))
+    losses = []
+    for m in (plain, ckpt):
+        m.train()
+        g = torch.Generator().manual_seed(1)
+        loss = wm_loss(m, mcfg, c, a, g)
+        loss.backward()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    grads = {n.replace("_checkpoint_wrapped_module.", ""): p.grad for n, p in ckpt.named_parameters()}
+    for n, p in plain.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(p.grad, grads[n], atol=1e-6), n
+
+
+def test_bf16_autocast_trains_close_to_fp32_and_keeps_the_sde_step_in_float32():
+    from rlir.models.dit_world_model import DiTWorldModel, flow_matching_loss
+    from rlir.models.flow_samplers import flow_sigmas, sde_step
+    from rlir.training.distributed import Dist
+    from tests.test_grpo import DIT
+    torch.manual_seed(0)
+    m = DiTWorldModel(DIT)
+    for p in m.parameters():
+        p.data.add_(torch.randn_like(p) * 0.05)
+    x0, a = torch.randn(2, 4, 4, 4), torch.randint(0, 2, (2, 4, 9))
+    sig, eps = torch.rand(2, 4), torch.randn(2, 4, 4, 4)
+    fp32 = flow_matching_loss(m, x0, a, sigma=sig, eps=eps)
+    with Dist(precision="bf16").autocast():
+        v = m(x0, sig, a)
+        bf16 = flow_matching_loss(m, x0, a, sigma=sig, eps=eps)
+        s = flow_sigmas(4)
+        x1, mean, std, lp = sde_step(x0[:, 1], v[:, 1], s[1], s[2], 0.75, float(s[1]), torch.randn(2, 4, 4))
+    assert v.dtype == torch.bfloat16                          # the transformer ran in bf16 ...
+    assert x1.dtype == mean.dtype == lp.dtype == torch.float32   # ... the Flow-GRPO step in float32
+    assert bf16.dtype == torch.float32 and bf16.item() == pytest.approx(fp32.item(), rel=5e-2)
+
+
+def test_bad_device_and_parallel_settings_are_clear_errors(tmp_path, data, capsys):
+    wm, idm = _checkpoints(tmp_path)
+    base = ["-q", "posttrain", "--world-model", wm, "--idm", idm, "--data", data, "--out", str(tmp_path / "o")]
+    if not torch.cuda.is_available():
+        assert main([*base, "--device", "cuda"]) == 2
+        assert "no CUDA device is visible" in capsys.readouterr().err
+    assert main([*base, "--set", "parallel=zero3"]) == 2
+    assert "parallel must be one of ('ddp', 'fsdp')" in capsys.readouterr().err
+    assert main([*base, "--set", "precision=fp8"]) == 2
+    assert "precision must be one of ('fp32', 'bf16')" in capsys.readouterr().err
