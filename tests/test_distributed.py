@@ -104,6 +104,20 @@ def test_pretraining_on_two_processes_matches_one(tmp_path, data, what):
     assert not (tmp_path / "two" / "checkpoints" / "last.tmp").exists()
 
 
+def test_vq_tokenizer_trains_under_fsdp(tmp_path, data):
+    """The VQ tokenizer's EMA codebook and k-means init are not split-invariant (dead codes are revived
+    from local batches), so this checks the run and its checkpoint, not equality with one process."""
+    from rlir.training.tokenizer_trainer import load_tokenizer
+    sets = ["model.resolution=[16,16]", "model.channels=[8,8,8]", "model.dim=8", "model.codebook_size=16",
+            "model.res_blocks=0", "steps=4", "eval_every=2", "batch_size=4", "parallel=fsdp", "max_minutes=0"]
+    torchrun(2, ["tokenizer", "train", "--data", data, "--out", str(tmp_path / "tok")] +
+             [x for s in sets for x in ("--set", s)])
+    rows = [json.loads(x) for x in (tmp_path / "tok" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["world_size"], r["rows_per_rank"]) for r in rows] == [(2, 2, 2), (4, 2, 2)]
+    tok = load_tokenizer(tmp_path / "tok" / "checkpoints" / "best")      # full, unsharded weights
+    assert tok.decode(tok.encode(torch.zeros(1, 16, 16, 3, dtype=torch.uint8))).shape == (1, 16, 16, 3)
+
+
 def _posttrain_sets(parallel: str) -> list[str]:
     return ["frames=4", "steps=2", "batch_size=2", "num_generations=4", "gradient_accumulation_steps=2", "lr=1e-3",
             "beta=0.01", "eval_every=2", "probe_clips=2", "media_every=0", "save_every=1", "sde_steps=4",

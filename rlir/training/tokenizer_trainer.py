@@ -86,7 +86,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    model = prepare_model(VQTokenizer(cfg.model).to(cfg.device), cfg, d)
+    model = prepare_model(VQTokenizer(cfg.model).to(cfg.device), cfg, d, ("encode", "decode"))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
     sched = warmup_cosine(opt, cfg.warmup, cfg.steps)
     sampler = ClipSampler(store, 1, cfg.batch_size, split="train", seed=cfg.seed)

@@ -1,0 +1,162 @@
+"""Throughput of one RLIR post-training step: rollout frames/s, training tokens/s and model FLOPs
+utilisation against this device's own measured matmul rate (same dtype, same run).
+
+The world model and IDM are randomly initialised at the chosen sizes (throughput does not depend on
+the weights) and prompts come from a synthetic episode store at the codec's resolution, so nothing
+needs training first. Works under torchrun (each rank rolls out its share of the groups; figures are
+for the whole job):
+
+    python bench/posttrain_throughput.py --paradigm ar --preset tiny                       # CPU
+    python bench/posttrain_throughput.py --paradigm ar --preset 300M --codec paper --device cuda --precision bf16
+    torchrun --standalone --nproc_per_node=8 bench/posttrain_throughput.py --paradigm ar --preset 300M \\
+        --codec paper --device cuda --precision bf16 --parallel fsdp
+
+FLOPs are counted as 2 x parameters per token for a forward pass and 6 x for forward and backward
+(attention's own FLOPs left out, so MFU is slightly understated).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rlir.config import from_dict, load_config  # noqa: E402
+from rlir.data.store import EpisodeStore  # noqa: E402
+from rlir.models.idm import IDMConfig, build_idm  # noqa: E402
+from rlir.models.tokenizer import TokenizerConfig, VQTokenizer  # noqa: E402
+from rlir.rl.trainer import GRPOConfig, Posttrainer  # noqa: E402
+from rlir.training.distributed import is_main  # noqa: E402
+from rlir.training.wm_trainer import WMTrainConfig, build_world_model, resolve_model_config, wm_checkpoint_config  # noqa: E402
+from rlir.utils.checkpoint import save_checkpoint  # noqa: E402
+from rlir.utils.io import atomic_write_json  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def matmul_rate(device: str, dtype: torch.dtype, n: int) -> float:
+    """Measured dense matmul FLOP/s of this device in this dtype (the MFU denominator)."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < 2.0:
+        a @ b
+        reps += 1
+    sync()
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+
+
+def synthetic_store(root: Path, resolution, episodes: int = 8, frames: int = 24) -> str:
+    from rlir.actions import N_CLASSES
+    from rlir.data.store import Episode
+    rng = np.random.default_rng(0)
+    s = EpisodeStore.create(root, metadata={"resolution": list(resolution)})
+    for i in range(episodes):
+        T = frames
+        ep = Episode(frames=rng.integers(0, 256, (T, *resolution, 3), dtype=np.uint8),
+                     actions=np.stack([rng.integers(0, k, T) for k in N_CLASSES], 1).astype(np.int16),
+                     camera_deg=np.zeros((T, 2), np.float32))
+        s.add(f"s{i}", ep, split="train" if i < episodes - 2 else "val")
+    return str(root)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--paradigm", choices=["ar", "diffusion"], default="ar")
+    p.add_argument("--preset", default="tiny", help="ar: tiny|300M|700M|1.2B; diffusion: tiny|310M|774M")
+    p.add_argument("--codec", choices=["tiny", "paper"], default="tiny", help="frame codec sizes (paper: 224x384)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--parallel", default="ddp", choices=["ddp", "fsdp"])
+    p.add_argument("--batch-size", type=int, default=2, help="prompts per step (global)")
+    p.add_argument("--num-generations", type=int, default=8)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--steps", type=int, default=2, help="timed steps (after one warm-up step)")
+    p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="JSON (default bench/results/posttrain_throughput_<...>.json)")
+    a = p.parse_args()
+    torch.manual_seed(a.seed)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    codec_yaml = ROOT / "configs" / ("autoencoder" if a.paradigm == "diffusion" else "tokenizer") / f"{a.codec}.yaml"
+    if not codec_yaml.is_file():
+        raise SystemExit(f"no codec config {codec_yaml}")
+    import yaml
+    tok_cfg = from_dict(TokenizerConfig, yaml.safe_load(codec_yaml.read_text())["model"])
+    # every rank builds identical files from the same seeds in its own temp folder (no shared disk needed)
+    tmp = Path(tempfile.mkdtemp(prefix=f"rlir_tp{os.environ.get('RANK', '0')}_"))
+    wcfg = WMTrainConfig(paradigm=a.paradigm, preset=a.preset)
+    mcfg = resolve_model_config(wcfg, tok_cfg, {"clip_len": a.frames})
+    torch.manual_seed(a.seed)
+    model, codec = build_world_model(mcfg), VQTokenizer(tok_cfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    emb = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    save_checkpoint(tmp / "wm", wm_checkpoint_config(mcfg, tok_cfg, {}), {"model": model.state_dict(),
+                                                                         "codec": codec.state_dict()})
+    del model
+    icfg = IDMConfig(resolution=tuple(tok_cfg.resolution), clip_len=a.frames)
+    save_checkpoint(tmp / "idm", {"kind": "idm", "arch": "vpt", "model": asdict(icfg)},
+                    {"model": build_idm(icfg).state_dict()})
+    data = synthetic_store(tmp / "data", tok_cfg.resolution, frames=a.frames + 8)
+    cfg = load_config(GRPOConfig, ROOT / "configs" / "posttrain" / f"{a.paradigm}_tiny.yaml",
+                      [f"batch_size={a.batch_size}", f"num_generations={a.num_generations}", f"frames={a.frames}",
+                       "probe_clips=0", "media_every=0", "save_every=1000000", "eval_every=1000000",
+                       f"steps={a.steps + 1}", f"seed={a.seed}", f"precision={a.precision}", f"parallel={a.parallel}",
+                       f"activation_checkpointing={a.activation_checkpointing}", "gradient_accumulation_steps=1"],
+                      world_model=str(tmp / "wm"), idm=str(tmp / "idm"), data=data, out=str(tmp / "run"),
+                      device=a.device)
+    tr = Posttrainer(cfg)
+    rows = [tr.step(s) for s in range(a.steps + 1)][1:]            # step 0 warms up (kernels, caches)
+    G, B, F = cfg.num_generations, cfg.batch_size, cfg.frames
+    n_roll = B * G
+    gen_s = float(np.mean([r["generation_time"] for r in rows]))
+    step_s = float(np.mean([r["step_time"] for r in rows]))
+    train_s = step_s - gen_s
+    n_body = n_params - emb
+    if a.paradigm == "ar":
+        gen_tokens = n_roll * (F - 1) * mcfg.tokens_per_frame                       # sampled visual tokens
+        seq = mcfg.seq_len(F)
+        train_tokens = n_roll * seq * cfg.num_iterations                            # scored (teacher-forced)
+        flops = 2 * n_body * gen_tokens + 6 * n_body * train_tokens + (2 * n_body * n_roll * seq if cfg.beta > 0 else 0)
+    else:
+        N = mcfg.tokens_per_frame
+        gen_tokens = n_roll * (F - 1) * N * (cfg.sde_steps + 1)                    # + the clean pass caching K/V
+        k = tr.policy.n_train_steps
+        train_tokens = n_roll * k * (2 * F - 1) * N * cfg.num_iterations           # [clean | noisy] per step
+        flops = 2 * n_body * gen_tokens + 6 * n_body * train_tokens
+    dtype = torch.bfloat16 if a.precision == "bf16" else torch.float32
+    peak = matmul_rate(tr.cfg.device, dtype, 8192 if a.device.startswith("cuda") else 1024) * world
+    res = {
+        "command": " ".join(sys.argv), "seed": a.seed, "world_size": world, "device": a.device,
+        "device_name": torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu",
+        "torch_threads": torch.get_num_threads(), "paradigm": a.paradigm, "preset": a.preset, "codec": a.codec,
+        "params": n_params, "params_non_embedding": n_body, "precision": a.precision, "parallel": a.parallel,
+        "activation_checkpointing": a.activation_checkpointing, "prompts": B, "num_generations": G, "frames": F,
+        "step_s": step_s, "generation_s": gen_s, "train_s": train_s,
+        "rollout_frames_per_s": n_roll * (F - 1) / gen_s,
+        "training_tokens_per_s": train_tokens / max(train_s, 1e-9),
+        "model_flops_per_s": flops / step_s, "measured_matmul_flops_per_s": peak,
+        "mfu": flops / step_s / peak, "steps_timed": a.steps,
+    }
+    if is_main():
+        out = Path(a.out or ROOT / "bench" / "results" /
+                   f"posttrain_throughput_{a.paradigm}_{a.preset}_{a.codec}_{a.device}_{a.precision}_w{world}.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out, res)
+        print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
