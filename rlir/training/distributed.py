@@ -223,7 +223,12 @@ def all_reduce_grads(params, d: Dist, bucket_mb: float = 25.0) -> None:
     if d.world == 1:
         return
     params = [p for p in params if p.requires_grad]
-    for p in params:                      # a rank without rows this step still joins the all-reduce
+    # a parameter with a gradient on any rank gets one on all (zeros where a rank had no rows this
+    # step); one with a gradient nowhere stays without, so the optimizer skips it as one process would
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.uint8, device=d.comm_device)
+    dist.all_reduce(has, op=dist.ReduceOp.MAX)
+    params = [p for p, h in zip(params, has.tolist()) if h]
+    for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
     grads = [p.grad for p in params]
