@@ -11,7 +11,6 @@ inverse reward of the reward IDM (its `--mode`), with 95% bootstrap intervals ov
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

@@ -25,8 +25,9 @@ import torch
 
 from rlir.errors import ConfigError
 from rlir.rl.grpo import LOSS_TYPES, SCALE_REWARDS, group_advantages, zero_std_groups
-from rlir.training.distributed import all_reduce_grads, model_state
-from rlir.training.loop import LoopConfig, RunLog, load_train_state, save_train_state, warmup_cosine
+from rlir.training.distributed import all_reduce_grads
+from rlir.training.loop import (LoopConfig, RunLog, load_train_state, save_model_checkpoint, save_train_state,
+                                 warmup_cosine)
 
 log = logging.getLogger("rlir.posttrain")
 
@@ -301,7 +302,7 @@ class Posttrainer:
                             sums.get(k, 0.0) + v * len(a) * w / d.world / cfg.num_iterations
                 if not self.sharded:
                     all_reduce_grads(self.model.parameters(), d)
-                bad = d.max({"bad": float(bad)})["bad"] > 0
+                bad = d.any(bad)
                 norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
                 norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
                 if bad or not torch.isfinite(norm):
@@ -372,13 +373,9 @@ class Posttrainer:
 
     def save(self, step: int, history: list[dict]) -> None:
         from rlir.training.wm_trainer import wm_checkpoint_config
-        from rlir.utils.checkpoint import save_checkpoint
         extra = {"step": step, "posttrained_from": str(self.cfg.world_model), "posttrain": asdict(self.cfg)}
-        sd = model_state(self.model)              # every rank: FSDP gathers the shards; rank 0 writes
-        if self.d.main:
-            save_checkpoint(self.out / "checkpoints" / "policy",
-                            wm_checkpoint_config(self.mcfg, self.codec.cfg, extra),
-                            {"model": sd, "codec": self.codec.state_dict()})
+        save_model_checkpoint(self.out / "checkpoints" / "policy", wm_checkpoint_config(self.mcfg, self.codec.cfg, extra),
+                              self.model, codec=self.codec.state_dict())
         save_train_state(self.out / "checkpoints" / "last", "posttrain_state", self.model, self.opt, self.sched,
                          {"step": step, "history": history[-200:]}, {"prompts": self.prompts.rng})
 
@@ -408,7 +405,7 @@ def posttrain(cfg: GRPOConfig, progress: bool = True, stop_at_step: int | None =
     while step < cfg.steps:
         row = tr.step(step)
         step += 1
-        out_of_time = tr.d.max({"t": cfg.max_minutes > 0 and (time.time() - t_start) / 60 > cfg.max_minutes})["t"] > 0
+        out_of_time = tr.d.any(cfg.max_minutes > 0 and (time.time() - t_start) / 60 > cfg.max_minutes)
         if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
             row.update(tr.probe_rewards())
         if cfg.media_every and (step % cfg.media_every == 0 or step == cfg.steps):

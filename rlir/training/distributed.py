@@ -49,14 +49,24 @@ class Dist:
             return contextlib.nullcontext()
         return torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16)
 
-    def mean(self, values: dict[str, float]) -> dict[str, float]:
-        """Average scalar metrics over ranks (the same on every rank afterwards)."""
+    def _reduce(self, values: dict[str, float], op) -> dict[str, float]:
         if self.world == 1 or not values:
             return values
         keys = sorted(values)
         t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self.comm_device)
-        dist.all_reduce(t)
-        return {k: float(v) / self.world for k, v in zip(keys, t.tolist())}
+        dist.all_reduce(t, op=op)
+        return dict(zip(keys, t.tolist()))
+
+    def mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Average scalar metrics over ranks (the same on every rank afterwards)."""
+        return {k: v / self.world for k, v in self._reduce(values, dist.ReduceOp.SUM).items()}
+
+    def max(self, values: dict[str, float]) -> dict[str, float]:
+        return self._reduce(values, dist.ReduceOp.MAX)
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank if it is true on one (so all ranks stop or skip together)."""
+        return self.max({"flag": float(flag)})["flag"] > 0
 
     def mean_tensor(self, t: torch.Tensor) -> torch.Tensor:
         """A tensor averaged over ranks (no gradient flows through it)."""
@@ -65,14 +75,6 @@ class Dist:
         t = t.detach().clone()
         dist.all_reduce(t)
         return t / self.world
-
-    def max(self, values: dict[str, float]) -> dict[str, float]:
-        if self.world == 1 or not values:
-            return values
-        keys = sorted(values)
-        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self.comm_device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return dict(zip(keys, t.tolist()))
 
     def gather(self, t: torch.Tensor) -> torch.Tensor:
         """Concatenate equal-shaped tensors of all ranks along dim 0, in rank order."""

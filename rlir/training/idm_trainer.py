@@ -22,10 +22,10 @@ from rlir.data.store import EpisodeStore
 from rlir.errors import ConfigError, DataError
 from rlir.eval.action_metrics import action_metrics
 from rlir.models.idm import IDMConfig, build_idm
-from rlir.training.distributed import model_state, unwrap
-from rlir.training.loop import (LoopConfig, RunLog, load_train_state, optimizer_step, prepare_model, save_train_state,
-                                 setup_run, warmup_cosine)
-from rlir.utils.checkpoint import load_state, read_config, save_checkpoint
+from rlir.training.distributed import unwrap
+from rlir.training.loop import (LoopConfig, RunLog, load_train_state, optimizer_step, prepare_model,
+                                 save_model_checkpoint, save_train_state, setup_run, step_stats, warmup_cosine)
+from rlir.utils.checkpoint import load_state, read_config
 
 log = logging.getLogger("rlir.idm")
 
@@ -212,13 +212,12 @@ def train_idm(cfg: IDMTrainConfig, progress: bool = True, stop_at_step: int | No
             logits = model(frames.to(cfg.device))
             loss, parts = idm_loss(logits, torch.from_numpy(b["actions"]).to(cfg.device), weights, d.mean_tensor)
         optimizer_step(loss, model, opt, sched, cfg.grad_clip)
-        loss_v = d.mean({"loss": loss.item()})["loss"]
+        loss_v, out_of_time = step_stats(d, loss, t0, cfg.max_minutes)
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss_v:.3f}")
         if step % 25 == 0:
             runlog.scalars(step, {"train/loss": loss_v, "train/lr": sched.get_last_lr()[0]})
-        out_of_time = d.max({"t": cfg.max_minutes > 0 and (time.time() - t0) / 60 > cfg.max_minutes})["t"] > 0
         if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
             with d.autocast():
                 m = evaluate_idm(unwrap(model), store, "val", cfg.model.clip_len, max_clips=cfg.val_clips, n_boot=0,
@@ -233,9 +232,7 @@ def train_idm(cfg: IDMTrainConfig, progress: bool = True, stop_at_step: int | No
             score = _score(m)
             if score > best:
                 best = score
-                sd = model_state(model)
-                if d.main:
-                    save_checkpoint(out / "checkpoints" / "best", _model_config(cfg, step, h), {"model": sd})
+                save_model_checkpoint(out / "checkpoints" / "best", _model_config(cfg, step, h), model)
             save_train_state(last, "idm_train_state", model, opt, sched,
                              {"step": step, "best": best, "history": history}, rngs)
             log.info("step %d  val f1_macro %.3f  pitch err %.3f  yaw err %.3f", step, h["f1_macro"],

@@ -65,6 +65,21 @@ def prepare_model(model: torch.nn.Module, cfg: LoopConfig, d, forward_methods: t
     return wrap(model, d, cfg.parallel, forward_methods)
 
 
+def step_stats(d, loss: torch.Tensor, t0: float, max_minutes: float) -> tuple[float, bool]:
+    """The global batch's loss and whether the wall-clock budget is spent on any rank: one all-reduce."""
+    import time
+    late = max_minutes > 0 and (time.time() - t0) / 60 > max_minutes
+    m = d.mean({"loss": loss.item(), "late": float(late)})
+    return m["loss"], m["late"] > 0
+
+
+def save_model_checkpoint(path: Path, config: dict, model: torch.nn.Module, **more: dict) -> None:
+    """A model checkpoint from every rank's call (FSDP gathers the shards); rank 0 writes it."""
+    sd = model_state(model)
+    if is_main():
+        save_checkpoint(path, config, {"model": sd, **more})
+
+
 def warmup_cosine(opt: torch.optim.Optimizer, warmup: int, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))

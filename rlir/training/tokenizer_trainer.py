@@ -19,10 +19,10 @@ from rlir.data.store import EpisodeStore
 from rlir.errors import DataError
 from rlir.models.conv_ae import psnr
 from rlir.models.tokenizer import TokenizerConfig, VQTokenizer, tokenizer_loss
-from rlir.training.distributed import model_state, unwrap
-from rlir.training.loop import (LoopConfig, RunLog, load_train_state, optimizer_step, prepare_model, save_train_state,
-                                 setup_run, warmup_cosine)
-from rlir.utils.checkpoint import load_state, read_config, save_checkpoint
+from rlir.training.distributed import unwrap
+from rlir.training.loop import (LoopConfig, RunLog, load_train_state, optimizer_step, prepare_model,
+                                 save_model_checkpoint, save_train_state, setup_run, step_stats, warmup_cosine)
+from rlir.utils.checkpoint import load_state, read_config
 from rlir.utils.io import atomic_write_json
 
 log = logging.getLogger("rlir.tokenizer")
@@ -104,11 +104,10 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict:
             recon, _, vq_loss = model(x)
             loss = tokenizer_loss(recon.float(), VQTokenizer.to_float(x), vq_loss)
         optimizer_step(loss, model, opt, sched, 1.0)
-        loss_v = d.mean({"loss": loss.item()})["loss"]
+        loss_v, out_of_time = step_stats(d, loss, t0, cfg.max_minutes)
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss_v:.4f}")
-        out_of_time = d.max({"t": cfg.max_minutes > 0 and (time.time() - t0) / 60 > cfg.max_minutes})["t"] > 0
         if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
             m = evaluate_tokenizer(unwrap(model), vf)
             row = {"step": step, "loss": loss_v, "elapsed_s": time.time() - t_start, "world_size": d.world,
@@ -119,11 +118,9 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict:
             runlog.scalars(step, {"train/loss": row["loss"], **{k: v for k, v in row.items() if k.startswith("val/")}})
             if m["psnr"] > best:
                 best = m["psnr"]
-                sd = model_state(model)
-                if d.main:
-                    save_checkpoint(out / "checkpoints" / "best",
-                                    {"kind": unwrap(model).kind, "model": asdict(cfg.model), "step": step, "val": m},
-                                    {"model": sd})
+                save_model_checkpoint(out / "checkpoints" / "best",
+                                      {"kind": unwrap(model).kind, "model": asdict(cfg.model), "step": step, "val": m},
+                                      model)
             save_train_state(last, "tokenizer_train_state", model, opt, sched,
                              {"step": step, "best": best, "history": history}, {"sampler": sampler.rng})
             log.info("step %d  val psnr %.2f dB  codebook usage %.2f", step, m["psnr"], m.get("codebook_usage", float("nan")))

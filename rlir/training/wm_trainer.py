@@ -27,11 +27,12 @@ from rlir.models.ar_world_model import ARConfig, build_llama, interleave, next_t
 from rlir.models.dit_world_model import PRESETS as DIT_PRESETS
 from rlir.models.dit_world_model import DiTConfig, DiTWorldModel, flow_matching_loss
 from rlir.models.tokenizer import TokenizerConfig, VQTokenizer
-from rlir.training.distributed import model_state, unwrap
+from rlir.training.distributed import unwrap
 from rlir.training.loop import (LoopConfig, RunLog, load_train_state, optimizer_step, prepare_model,
-                                 save_train_state, setup_run, warmup_cosine)
+                                 save_model_checkpoint, save_train_state, setup_run, step_stats,
+                                 warmup_cosine)
 from rlir.training.tokenizer_trainer import load_tokenizer
-from rlir.utils.checkpoint import load_state, read_config, save_checkpoint
+from rlir.utils.checkpoint import load_state, read_config
 from rlir.utils.io import atomic_write_json
 
 log = logging.getLogger("rlir.wm")
@@ -205,13 +206,12 @@ def train_world_model(cfg: WMTrainConfig, progress: bool = True, explicit_model:
         with d.autocast():
             loss = rank_loss(model, mcfg, c, a, rows, cfg.device)
         optimizer_step(loss, model, opt, sched, 1.0)
-        loss_v = d.mean({"loss": loss.item()})["loss"]
+        loss_v, out_of_time = step_stats(d, loss, t0, cfg.max_minutes)
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss_v:.3f}")
         if step % 25 == 0:
             runlog.scalars(step, {"train/loss": loss_v, "train/lr": sched.get_last_lr()[0]})
-        out_of_time = d.max({"t": cfg.max_minutes > 0 and (time.time() - t0) / 60 > cfg.max_minutes})["t"] > 0
         if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
             with d.autocast():
                 vl = val_loss(unwrap(model), mcfg, vc, va, cfg.device)
@@ -222,12 +222,10 @@ def train_world_model(cfg: WMTrainConfig, progress: bool = True, explicit_model:
             runlog.scalars(step, {"val/loss": vl})
             if vl < best:
                 best = vl
-                sd = model_state(model)                  # every rank: FSDP gathers the shards
-                if d.main:
-                    save_checkpoint(out / "checkpoints" / "best",
-                                    wm_checkpoint_config(mcfg, tok.cfg, {"step": step, "val_loss": vl,
-                                                                         "codec_checkpoint": str(cfg.codec)}),
-                                    {"model": sd, "codec": tok.state_dict()})
+                save_model_checkpoint(out / "checkpoints" / "best",
+                                      wm_checkpoint_config(mcfg, tok.cfg, {"step": step, "val_loss": vl,
+                                                                           "codec_checkpoint": str(cfg.codec)}),
+                                      model, codec=tok.state_dict())
             save_train_state(last, "wm_train_state", model, opt, sched,
                              {"step": step, "best": best, "history": history}, {"windows": rng})
             log.info("step %d  val loss %.4f", step, vl)
