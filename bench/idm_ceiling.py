@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rlir.actions import GROUPS  # noqa: E402
 from rlir.config import load_config  # noqa: E402
-from rlir.data.collect import CollectConfig, play  # noqa: E402
+from rlir.data.collect import CollectConfig, play, recording_map  # noqa: E402
 from rlir.data.store import split_for  # noqa: E402
 from rlir.envs.vizdoom_env import DoomEnv, parse_map  # noqa: E402
 from rlir.eval.action_metrics import action_metrics  # noqa: E402
@@ -55,18 +55,20 @@ class MotionEnv(DoomEnv):
 
 
 def play_with_motion(args) -> tuple[np.ndarray, np.ndarray, str]:
+    """One recording as `rlir collect` plays it -> (actions [T, 9], engine trace [T+1, 7], key)."""
     cfg, index = args
-    wad, _ = parse_map(cfg.maps[index % len(cfg.maps)], cfg.doom.wad)
-    env = MotionEnv(cfg.doom, cfg.resolution, Path(tempfile.mkdtemp(prefix="rlir-ceiling-")), wad=wad)
-    env.trace = []
-    try:
-        ep, invalid, _ = play(env, cfg, index)
-    finally:
-        env.close()
-    # the trace holds one row per observation, burn-in included: keep the recorded frames and the one after
-    T = len(ep.actions)
-    trace = np.array(env.trace[-(T + 1):], dtype=np.float64) if len(env.trace) > T else None
-    return ep.actions, trace, f"s{cfg.seed}-r{index:06d}"
+    wad, _ = parse_map(recording_map(cfg, index), cfg.doom.wad)
+    with tempfile.TemporaryDirectory(prefix="rlir-ceiling-") as workdir:
+        env = MotionEnv(cfg.doom, cfg.resolution, workdir, wad=wad)
+        env.trace = []
+        try:
+            ep, _, _ = play(env, cfg, index)
+        finally:
+            env.close()
+    # one trace row per observation, burn-in included: keep the recorded frames and the one after the
+    # last action; a recording cut short by a level exit has no observation after its last action
+    actions = ep.actions if len(ep.actions) == cfg.frames else ep.actions[:-1]
+    return actions, np.array(env.trace[-(len(actions) + 1):], dtype=np.float64), f"s{cfg.seed}-r{index:06d}"
 
 
 def motion_features(trace: np.ndarray, tics: int) -> np.ndarray:
@@ -123,7 +125,7 @@ def main() -> None:
     X = {"train": [], "test": []}
     Y = {"train": [], "test": []}
     for actions, trace, key in recs:
-        if trace is None or len(actions) < 20:
+        if len(actions) < 20:
             continue
         split = "test" if split_for(key, 0.0, 0.3) == "test" else "train"
         X[split].append(windowed(motion_features(trace, cfg.doom.tics_per_frame)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -146,8 +147,6 @@ def wrap(model: nn.Module, d: Dist, parallel: str = "ddp", forward_methods: tupl
         from torch.nn.parallel import DistributedDataParallel as DDP
         return DDP(model, device_ids=[d.local_rank] if d.device.startswith("cuda") else None)
     from torch.distributed.device_mesh import init_device_mesh
-    import warnings
-
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
     # our models return views (x.view(...)); nothing modifies a model's output in place
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")

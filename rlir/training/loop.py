@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +68,6 @@ def prepare_model(model: torch.nn.Module, cfg: LoopConfig, d, forward_methods: t
 
 def step_stats(d, loss: torch.Tensor, t0: float, max_minutes: float) -> tuple[float, bool]:
     """The global batch's loss and whether the wall-clock budget is spent on any rank: one all-reduce."""
-    import time
     late = max_minutes > 0 and (time.time() - t0) / 60 > max_minutes
     m = d.mean({"loss": loss.item(), "late": float(late)})
     return m["loss"], m["late"] > 0
