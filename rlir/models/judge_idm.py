@@ -1,6 +1,6 @@
 """The judge: a plain 3D-CNN inverse dynamics model, a different architecture from the reward IDM.
 
-    frames [B, T, H, W, 3] -> 3D conv blocks (space halves, time kept) -> spatial mean + flatten
+    frames [B, T, H, W, 3] -> 3D conv blocks (space halves, time kept) -> flatten each frame
     -> per-frame features [B, T, D] -> 1D temporal conv -> heads on (h_t, h_{t+1})
 
 Trained on episodes disjoint from the reward IDM's and with its own seed, it scores evaluation
