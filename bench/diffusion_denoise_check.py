@@ -7,8 +7,9 @@ On held-out clips, PSNR of frame 1 against the real frame 1 for:
 - the model's one-step estimate x0 = x_s - s v(x_s, s) from the real frame 1 noised to level s, with the
   clean real frame 0 as context (how well the denoiser was learned at each noise level);
 - ODE samples of frame 1 (Euler and DPM-Solver++, 18 steps), and Euler rollouts of frames 1..7 with the
-  cached context at noise level 0 (what `rlir generate` does) or re-noised to a small level (diffusion
-  forcing's stabilisation), with the mean frame-to-frame change against the real clips'.
+  cached context at noise level 0 (what `rlir generate` does) or re-noised to a small level (`rollout`'s
+  `context_sigma`, diffusion forcing's stabilisation), with the mean frame-to-frame change against the
+  real clips'.
 A denoiser that beats the copy at every level while samples fall below it means the model, not the
 sampler, is short of training. Writes JSON with the command and seed.
 """
@@ -27,43 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rlir.data.sampler import fixed_clips, load_clips  # noqa: E402
 from rlir.data.store import EpisodeStore  # noqa: E402
-from rlir.eval.generate import bootstrap_ci  # noqa: E402
-from rlir.models.dit_world_model import append_cache  # noqa: E402
-from rlir.models.flow_samplers import ode_solve  # noqa: E402
+from rlir.eval.generate import bootstrap_ci, psnr_per_clip as psnr  # noqa: E402
+from rlir.models.flow_samplers import rollout  # noqa: E402
 from rlir.training.wm_trainer import load_world_model_checkpoint  # noqa: E402
 
 
-def psnr(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-    """Per clip PSNR of uint8-valued frames [B, ...]."""
-    mse = (x.float() - y.float()).pow(2).flatten(1).mean(1).clamp(min=1e-10)
-    return (10 * torch.log10(255.0 ** 2 / mse)).numpy()
-
-
-@torch.no_grad()
-def rollout_with_context_noise(model, z0, actions, frames, steps, solver, context_sigma, g):
-    """The ODE rollout of rlir.models.flow_samplers.rollout, with each finished frame cached at
-    `context_sigma` after re-noising it (0 = exactly the sampler's behaviour)."""
-    B, N, C = z0.shape
-
-    def cache_frame(z, f, a, cache):
-        s = torch.full((B,), context_sigma)
-        zn = z if context_sigma == 0 else (1 - context_sigma) * z + context_sigma * torch.randn(z.shape, generator=g)
-        return append_cache(cache, model.step_frame(zn, s, a, f, cache)[1])
-
-    cache, out = cache_frame(z0, 0, None, None), [z0]
-    for f in range(1, frames):
-        a = actions[:, f - 1]
-
-        def velocity(x_, sigma, a=a, f=f, cache=cache):
-            return model.step_frame(x_, torch.full((B,), sigma), a, f, cache)[0]
-        x = ode_solve(velocity, torch.randn((B, N, C), generator=g), steps, solver)
-        cache = cache_frame(x, f, a, cache)
-        out.append(x)
-    return torch.stack(out, 1)
-
-
-def summary(x: np.ndarray) -> dict:
-    return {"mean": float(np.mean(x)), "ci95": bootstrap_ci(x)}
+def summary(x: list[float]) -> dict:
+    return {"mean": float(np.mean(x)), "ci95": bootstrap_ci(np.array(x))}
 
 
 def main() -> None:
@@ -104,7 +75,8 @@ def main() -> None:
         rr["real_frame_to_frame_change"] = real_change
         for solver, ctx in (("dpm++", 0.0), ("euler", 0.0), ("euler", 0.1), ("euler", 0.3)):
             g = torch.Generator().manual_seed(a.seed)
-            out = codec.decode(rollout_with_context_noise(model, z[:, 0], actions, a.frames, 18, solver, ctx, g))
+            out = codec.decode(rollout(model, z[:, 0], actions, a.frames, steps=18, solver=solver, generator=g,
+                                       context_sigma=ctx))
             name = f"{solver}_18_context_sigma_{ctx}"
             r1[f"ode_sample_{name}"] = summary(psnr(out[:, 1], real[:, 1]))
             rr[name] = {"psnr": summary(psnr(out[:, 1:].flatten(1), real[:, 1:a.frames].flatten(1))),

@@ -92,6 +92,27 @@ def test_sde_sampler_and_scorer_agree_and_the_ratio_is_one():
         m.zero_grad()
 
 
+def test_context_noise_conditions_on_a_renoised_cache_and_only_for_the_ode():
+    m = _model()
+    x, _, a = _inputs()
+    g = lambda: torch.Generator().manual_seed(0)             # noqa: E731
+    clean = rollout(m, x[:, 0], a, 3, steps=4, solver="euler", generator=g())
+    assert torch.equal(rollout(m, x[:, 0], a, 3, steps=4, solver="euler", generator=g(), context_sigma=0.0), clean)
+    noisy = rollout(m, x[:, 0], a, 3, steps=4, solver="euler", generator=g(), context_sigma=0.3)
+    assert torch.equal(noisy[:, 0], x[:, 0])                  # the given frame is returned as is
+    assert (noisy[:, 1] - clean[:, 1]).abs().max() > 1e-4     # frame 1 saw a re-noised frame 0
+    # by hand: frame 1 is the Euler ODE under frame 0 cached at sigma 0.3 after re-noising
+    gen = g()
+    z0 = 0.7 * x[:, 0] + 0.3 * torch.randn(x[:, 0].shape, generator=gen)
+    with torch.no_grad():
+        _, cache = m.step_frame(z0, torch.full((3,), 0.3), None, 0, None)
+        ref = ode_solve(lambda y, s: m.step_frame(y, torch.full((3,), s), a[:, 0], 1, cache)[0],
+                        torch.randn(x[:, 0].shape, generator=gen), 4, "euler")
+    assert (noisy[:, 1] - ref).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="ODE sampler only"):
+        rollout(m, x[:, 0], a, 3, steps=4, mode="sde", generator=g(), context_sigma=0.3)
+
+
 def test_paper_presets_within_ten_percent_of_table_5():
     for name, target in (("310M", 310e6), ("774M", 774e6)):
         with torch.device("meta"):

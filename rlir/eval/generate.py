@@ -31,6 +31,12 @@ def bootstrap_ci(x: np.ndarray, n_boot: int = 1000, seed: int = 0) -> list[float
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
+def psnr_per_clip(fake: torch.Tensor, real: torch.Tensor) -> list[float]:
+    """PSNR of uint8-valued videos or frames [B, ...], one value per clip (MSE pooled over its pixels)."""
+    mse = (fake.float() - real.float()).pow(2).flatten(1).mean(1)
+    return (10 * torch.log10(255.0 ** 2 / mse.clamp(min=1e-10))).tolist()
+
+
 class WorldModelRollout:
     """Frame 0 + actions -> generated frames, through the world model's codec (tokens or latents)."""
 
@@ -88,8 +94,7 @@ def generate(world_model: str, data: str, out: str, frames: int = 16, seed: int 
         g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + b0)
         fake = wm(real[:, 0], torch.from_numpy(clips["actions"].astype(np.int64)), frames, g)
         fake[:, 0] = real[:, 0]                                   # frame 0 is the given frame
-        mse = (fake[:, 1:].float() - real[:, 1:].float()).pow(2).flatten(1).mean(1)
-        psnrs += (10 * torch.log10(255.0 ** 2 / mse.clamp(min=1e-10))).tolist()
+        psnrs += psnr_per_clip(fake[:, 1:], real[:, 1:])
         for k, name in enumerate(names):
             if name not in done:
                 dst.add(name, Episode(fake[k].numpy(), clips["actions"][k], clips["camera_deg"][k]), split=split,

@@ -79,16 +79,26 @@ class SDETrajectory:
 @torch.no_grad()
 def rollout(model: DiTWorldModel, z0: torch.Tensor, actions: torch.Tensor, frames: int, steps: int = 18,
             mode: str = "ode", solver: str = "dpm++", eta: float = 0.75, shift: float = 1.0,
-            generator=None):
+            generator=None, context_sigma: float = 0.0):
     """Generate frames 1..frames-1 from frame 0's latents z0 [B, N, C] under actions [B, >=frames-1, 9].
 
     mode 'ode': returns latents [B, F, N, C]. mode 'sde' (Flow-GRPO): returns an SDETrajectory.
-    The finished frames' keys/values are cached (computed once at sigma = 0).
+    The finished frames' keys/values are cached, computed once at sigma = 0, or (ODE only) after
+    re-noising each frame to `context_sigma` (diffusion forcing's stabilisation; the SDE's scorer
+    assumes a clean context, so it refuses this).
     generator: a torch.Generator, or GroupGenerators (rlir/utils/rand.py) for per-group draws."""
     from rlir.utils.rand import randn
+    if context_sigma and mode != "ode":
+        raise ValueError("context_sigma > 0 is for the ODE sampler only (score_steps assumes a clean context)")
     B, N, C = z0.shape
-    zeros = torch.zeros(B, device=z0.device)
-    _, cache = model.step_frame(z0, zeros, None, 0, None)
+    ctx_sigma = torch.full((B,), float(context_sigma), device=z0.device)
+
+    def cache_frame(z, a, f, cache):
+        if context_sigma:
+            z = (1 - context_sigma) * z + context_sigma * randn(z.shape, generator, z0.device)
+        return append_cache(cache, model.step_frame(z, ctx_sigma, a, f, cache)[1])
+
+    cache = cache_frame(z0, None, 0, None)
     out, traj, logps = [z0], [], []
     s = flow_sigmas(steps, shift)
     for f in range(1, frames):
@@ -110,8 +120,7 @@ def rollout(model: DiTWorldModel, z0: torch.Tensor, actions: torch.Tensor, frame
             logps.append(torch.stack(lps, 1))
         else:
             raise ValueError(f"mode must be 'ode' or 'sde', got {mode!r}")
-        _, kv = model.step_frame(x, zeros, a, f, cache)
-        cache = append_cache(cache, kv)
+        cache = cache_frame(x, a, f, cache)
         out.append(x)
     latents = torch.stack(out, 1)
     if mode == "ode":
