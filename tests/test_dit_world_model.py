@@ -51,6 +51,26 @@ def test_cached_frame_by_frame_equals_the_full_pass():
     assert (torch.stack(outs, 1) - v).abs().max() < 1e-5
 
 
+def test_clean_context_loss_is_the_samplers_situation_frame_by_frame():
+    """The teacher-forced objective: frame f (noisy) sees frames 0..f-1 clean, exactly as the cached
+    sampler conditions it; its loss is the MSE of that velocity against eps - x0 over frames 1..T-1."""
+    m = _model()
+    x0, s, a = _inputs()
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(5))
+    loss = flow_matching_loss(m, x0, a, sigma=s, eps=eps, clean_context=True)
+    xs = (1 - s[..., None, None]) * x0 + s[..., None, None] * eps
+    cache, errs = None, []
+    for f in range(CFG.clip_len):
+        if f > 0:
+            v, _ = m.step_frame(xs[:, f], s[:, f], a[:, f - 1], f, cache)
+            errs.append(((v - (eps[:, f] - x0[:, f])) ** 2).mean())
+        _, kv = m.step_frame(x0[:, f], torch.zeros(x0.shape[0]), None if f == 0 else a[:, f - 1], f, cache)
+        cache = append_cache(cache, kv)
+    assert abs(float(loss) - float(torch.stack(errs).mean())) < 1e-5
+    # diffusion forcing sees a noisy past instead: a different number on the same draw
+    assert abs(float(loss) - float(flow_matching_loss(m, x0, a, sigma=s, eps=eps))) > 1e-3
+
+
 def test_sde_step_with_zero_noise_is_the_euler_step():
     g = torch.Generator().manual_seed(0)
     x, v = torch.randn(4, 6, 4, generator=g), torch.randn(4, 6, 4, generator=g)
@@ -153,7 +173,12 @@ def test_train_autoencoder_then_diffusion_model_and_generate(tmp_path):
                  "--autoencoder", str(tmp_path / "ae" / "checkpoints" / "best"), "--out", str(tmp_path / "wm"),
                  "--set", "steps=3", "--set", "eval_every=3", "--set", "batch_size=2", "--set", "val_clips=2",
                  "--set", "dit.clip_len=4", "--set", "dit.d_model=32", "--set", "dit.mlp=64",
-                 "--set", "dit.n_layers=1"]) == 0
+                 "--set", "dit.n_layers=1", "--set", "clean_context=0.5"]) == 0
+    import json
+    rows = [json.loads(line) for line in (tmp_path / "wm" / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows if "val/loss" in r][-1]    # both objectives measured; the best is chosen on the sampler's
+    assert np.isfinite(val["val/loss"]) and np.isfinite(val["val/loss_clean_context"])
+    assert json.loads((tmp_path / "wm" / "train_summary.json").read_text())["best_key"] == "val/loss_clean_context"
     gen = tmp_path / "gen"
     assert main(["-q", "generate", "--world-model", str(tmp_path / "wm" / "checkpoints" / "best"), "--data",
                  str(tmp_path / "data"), "--out", str(gen), "--frames", "4", "--steps", "3"]) == 0
@@ -162,3 +187,8 @@ def test_train_autoencoder_then_diffusion_model_and_generate(tmp_path):
     # an AR tokenizer is the wrong codec for a diffusion model: a clear error, exit 2
     assert main(["-q", "wm", "train", "--paradigm", "diffusion", "--data", str(tmp_path / "data"),
                  "--autoencoder", str(tmp_path / "wm" / "checkpoints" / "best"), "--out", str(tmp_path / "x")]) == 2
+    # a share outside [0, 1] is refused before anything runs
+    assert main(["-q", "wm", "train", "--paradigm", "diffusion", "--data", str(tmp_path / "data"),
+                 "--autoencoder", str(tmp_path / "ae" / "checkpoints" / "best"), "--out", str(tmp_path / "y"),
+                 "--set", "clean_context=1.5"]) == 2
+    assert not (tmp_path / "y").exists()

@@ -10,6 +10,8 @@ Flow matching (rectified flow): x_sigma = (1 - sigma) x_0 + sigma * eps, target 
 d x / d sigma = v and the ODE runs sigma 1 -> 0. Diffusion forcing: each frame draws its own sigma in
 training, so a clean past conditions a noisy present (Chen et al. 2024); sampling denoises frame by
 frame with the finished frames' keys and values cached (they are computed once, at sigma = 0).
+With independent sigmas a frame almost never sees its whole past clean, which is how the sampler
+runs; the teacher-forced objective (clean past | noisy present, `context=`) trains exactly that case.
 """
 from __future__ import annotations
 
@@ -146,9 +148,14 @@ class DiTWorldModel(nn.Module):
         shift, scale = self.ada_out(c).chunk(2, -1)
         return self.out(modulate(self.norm_out(h), shift, scale))
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Training / teacher forcing. x [B, T, N, C] noisy latents, sigma [B, T], actions [B, >=T-1, 9]
-        (actions[t] leads from frame t to t+1) -> velocity [B, T, N, C]."""
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, actions: torch.Tensor,
+                context: torch.Tensor | None = None) -> torch.Tensor:
+        """Training. Diffusion forcing: x [B, T, N, C] noisy latents, sigma [B, T], actions [B, >=T-1, 9]
+        (actions[t] leads from frame t to t+1) -> velocity [B, T, N, C]. With `context` (clean latents
+        [B, T, N, C]): x and sigma are frames 1..T-1 only, each seeing the clean frames before it, as in
+        `velocity_teacher_forced` (one entry point, so DDP syncs the gradients of both objectives)."""
+        if context is not None:
+            return self.velocity_teacher_forced(context, x, sigma, actions)
         B, T, N, C = x.shape
         prev = torch.cat([actions[:, :1], actions[:, : T - 1]], 1)      # frame f is conditioned on a_{f-1}
         c = self.cond(sigma, prev, first_is_start=True).expand(B, T, N, -1).reshape(B, T * N, -1)
@@ -204,8 +211,10 @@ def append_cache(cache: list | None, kvs: list) -> list:
 
 def flow_matching_loss(model: DiTWorldModel, x0: torch.Tensor, actions: torch.Tensor,
                        generator: torch.Generator | None = None, sigma: torch.Tensor | None = None,
-                       eps: torch.Tensor | None = None) -> torch.Tensor:
-    """Diffusion-forcing flow matching: per-frame sigma ~ U(0, 1), x_s = (1-s) x0 + s eps, target eps - x0.
+                       eps: torch.Tensor | None = None, clean_context: bool = False) -> torch.Tensor:
+    """Flow matching with per-frame sigma ~ U(0, 1), x_s = (1-s) x0 + s eps, target eps - x0.
+    Diffusion forcing: every frame noisy, each at its own sigma. clean_context: frames 1..T-1 noisy,
+    each conditioned on the clean frames before it (the sampler's situation; frame 0 is given there).
     sigma [B, T] and eps may be given (drawn for a global batch of which x0 is a slice)."""
     B, T = x0.shape[:2]
     if sigma is None:
@@ -213,5 +222,9 @@ def flow_matching_loss(model: DiTWorldModel, x0: torch.Tensor, actions: torch.Te
     if eps is None:
         eps = torch.randn(x0.shape, generator=generator, device=x0.device)
     s = sigma[..., None, None]
-    v = model((1 - s) * x0 + s * eps, sigma, actions)
-    return F.mse_loss(v.float(), (eps - x0).float())
+    x_s, target = (1 - s) * x0 + s * eps, eps - x0
+    if clean_context:
+        v = model(x_s[:, 1:], sigma[:, 1:], actions, context=x0)
+        return F.mse_loss(v.float(), target[:, 1:].float())
+    v = model(x_s, sigma, actions)
+    return F.mse_loss(v.float(), target.float())

@@ -51,6 +51,8 @@ class WMTrainConfig(LoopConfig):
     steps: int = 1500
     weight_decay: float = 0.1
     val_clips: int = 32
+    clean_context: float = 0.0         # diffusion: share of steps trained teacher-forced (clean past, noisy
+                                       # present, as the sampler runs); the rest diffusion forcing
 
     def validate(self) -> None:
         super().validate()
@@ -60,6 +62,8 @@ class WMTrainConfig(LoopConfig):
         if self.preset not in presets:
             raise ConfigError(f"preset for paradigm {self.paradigm!r} must be one of {sorted(presets)}, "
                               f"got {self.preset!r}")
+        if not 0.0 <= self.clean_context <= 1.0:
+            raise ConfigError(f"clean_context must be a share in [0, 1], got {self.clean_context}")
         self.model.validate()
         self.dit.validate()
 
@@ -118,30 +122,36 @@ def build_world_model(mcfg):
 
 
 def wm_loss(model, mcfg, c: torch.Tensor, a: torch.Tensor, generator: torch.Generator | None = None,
-            noise: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """Next-token loss (AR) or diffusion-forcing flow matching (diffusion) of windows c [B, T, N(, C)]."""
+            noise: tuple[torch.Tensor, torch.Tensor] | None = None, clean_context: bool = False) -> torch.Tensor:
+    """Next-token loss (AR) or flow matching (diffusion: diffusion forcing, or teacher-forced with
+    clean_context) of windows c [B, T, N(, C)]."""
     if isinstance(mcfg, ARConfig):
         tok, vis = interleave(c, a, mcfg.n_codes)
         return next_token_loss(model, tok, vis, mcfg.tokens_per_frame)
     sigma, eps = noise if noise is not None else (None, None)
-    return flow_matching_loss(model, c, a.to(c.device), generator, sigma, eps)
+    return flow_matching_loss(model, c, a.to(c.device), generator, sigma, eps, clean_context)
 
 
-def rank_loss(model, mcfg, c: torch.Tensor, a: torch.Tensor, rows: slice, device: str) -> torch.Tensor:
-    """The loss of this rank's rows of a global batch. Diffusion noise is drawn for the whole batch
-    and sliced, so splitting the batch over processes does not change what is computed."""
-    noise = None
+def rank_loss(model, mcfg, c: torch.Tensor, a: torch.Tensor, rows: slice, device: str,
+              clean_context: float = 0.0) -> torch.Tensor:
+    """The loss of this rank's rows of a global batch. Diffusion noise, and the choice of objective
+    (teacher-forced with probability clean_context), are drawn for the whole batch from the seeded
+    global generator, so splitting the batch over processes does not change what is computed."""
+    noise, teacher = None, False
     if not isinstance(mcfg, ARConfig):
         sigma, eps = torch.rand(c.shape[:2]), torch.randn(c.shape)
         noise = (sigma[rows].to(device), eps[rows].to(device))
-    return wm_loss(model, mcfg, c[rows].to(device), a[rows], noise=noise)
+        teacher = clean_context > 0 and bool(torch.rand(()) < clean_context)   # no draw at 0: old runs replay
+    return wm_loss(model, mcfg, c[rows].to(device), a[rows], noise=noise, clean_context=teacher)
 
 
 @torch.no_grad()
-def val_loss(model, mcfg, c: torch.Tensor, a: torch.Tensor, device: str, batch: int = 8) -> float:
+def val_loss(model, mcfg, c: torch.Tensor, a: torch.Tensor, device: str, batch: int = 8,
+             clean_context: bool = False) -> float:
     model.eval()
     g = torch.Generator(device=device).manual_seed(0)      # the same noise every evaluation
-    losses = [float(wm_loss(model, mcfg, c[s:s + batch].to(device), a[s:s + batch], g)) for s in range(0, len(c), batch)]
+    losses = [float(wm_loss(model, mcfg, c[s:s + batch].to(device), a[s:s + batch], g, clean_context=clean_context))
+              for s in range(0, len(c), batch)]
     return float(np.mean(losses))
 
 
@@ -195,6 +205,11 @@ def train_world_model(cfg: WMTrainConfig, progress: bool = True, explicit_model:
     last = out / "checkpoints" / "last"
     meta = load_train_state(last, "wm_train_state", model, opt, sched, {"windows": rng})
     step, best, history = (meta["step"], meta["best"], meta["history"]) if meta else (0, 1e9, [])
+    # the best checkpoint is chosen on the objective the run trains for the sampler: the clean-context
+    # loss once any step is teacher-forced; a resumed run that switches objective starts a new best
+    best_key = "val/loss_clean_context" if cfg.paradigm == "diffusion" and cfg.clean_context > 0 else "val/loss"
+    if meta and meta.get("best_key", "val/loss") != best_key:
+        best = 1e9
     n_params = sum(p.numel() for p in model.parameters())
     log.info("%s world model: %.2fM parameters", cfg.paradigm, n_params / 1e6)
     runlog = RunLog(out)
@@ -204,7 +219,7 @@ def train_world_model(cfg: WMTrainConfig, progress: bool = True, explicit_model:
         model.train()
         c, a = windows(codes, store, store.ids("train"), mcfg.clip_len, rng, cfg.batch_size)   # the global batch
         with d.autocast():
-            loss = rank_loss(model, mcfg, c, a, rows, cfg.device)
+            loss = rank_loss(model, mcfg, c, a, rows, cfg.device, cfg.clean_context)
         optimizer_step(loss, model, opt, sched, 1.0)
         loss_v, out_of_time = step_stats(d, loss, t0, cfg.max_minutes)
         step += 1
@@ -214,27 +229,30 @@ def train_world_model(cfg: WMTrainConfig, progress: bool = True, explicit_model:
             runlog.scalars(step, {"train/loss": loss_v, "train/lr": sched.get_last_lr()[0]})
         if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
             with d.autocast():
-                vl = val_loss(unwrap(model), mcfg, vc, va, cfg.device)
-            row = {"step": step, "loss": loss_v, "val/loss": vl, "elapsed_s": time.time() - t_start,
+                vals = {"val/loss": val_loss(unwrap(model), mcfg, vc, va, cfg.device)}
+                if cfg.paradigm == "diffusion":
+                    vals["val/loss_clean_context"] = val_loss(unwrap(model), mcfg, vc, va, cfg.device, clean_context=True)
+            vl = vals[best_key]
+            row = {"step": step, "loss": loss_v, **vals, "elapsed_s": time.time() - t_start,
                    "world_size": d.world, "rows_per_rank": rows.stop - rows.start}
             history.append(row)
             runlog.row(row)
-            runlog.scalars(step, {"val/loss": vl})
+            runlog.scalars(step, vals)
             if vl < best:
                 best = vl
                 save_model_checkpoint(out / "checkpoints" / "best",
-                                      wm_checkpoint_config(mcfg, tok.cfg, {"step": step, "val_loss": vl,
+                                      wm_checkpoint_config(mcfg, tok.cfg, {"step": step, "val_loss": vl, "val_key": best_key,
                                                                            "codec_checkpoint": str(cfg.codec)}),
                                       model, codec=tok.state_dict())
             save_train_state(last, "wm_train_state", model, opt, sched,
-                             {"step": step, "best": best, "history": history}, {"windows": rng})
-            log.info("step %d  val loss %.4f", step, vl)
+                             {"step": step, "best": best, "best_key": best_key, "history": history}, {"windows": rng})
+            log.info("step %d  %s %.4f", step, best_key, vl)
             if out_of_time:
                 break
     bar.close()
     runlog.close()
     summary = {"steps": step, "params": n_params, "train_minutes": history[-1]["elapsed_s"] / 60 if history else 0.0,
-               "best_checkpoint": str(out / "checkpoints" / "best"), "best_val_loss": best}
+               "best_checkpoint": str(out / "checkpoints" / "best"), "best_val_loss": best, "best_key": best_key}
     if d.main:
         atomic_write_json(out / "train_summary.json", summary)
     return summary
