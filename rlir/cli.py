@@ -83,16 +83,24 @@ def cmd_idm_train(a) -> int:
 def cmd_idm_eval(a) -> int:
     from rlir.data.store import EpisodeStore
     from rlir.eval.action_metrics import format_metrics
-    from rlir.training.idm_trainer import evaluate_idm, load_idm
+    from rlir.errors import ConfigError
+    from rlir.training.idm_trainer import evaluate_idm, load_idm, subset_ids
     from rlir.utils.io import atomic_write_json
+    if a.own_subset and a.split != "train":
+        raise ConfigError("--own-subset scores an IDM on its own training episodes: use it with --split train")
     store = EpisodeStore(a.data, cache_size=1_000_000)
     report = {"data": a.data, "split": a.split, "clip_len": a.clip_len}
     for role, path in (("reward_idm", a.idm), ("judge_idm", a.judge)):
         if not path:
             continue
         model, cfg = load_idm(path, device=a.device)
-        m = evaluate_idm(model, store, a.split, a.clip_len, max_clips=a.max_clips, device=a.device)
+        episodes = None
+        if a.own_subset:      # the training episodes this IDM learned from: train ~ test means it underfits
+            episodes = subset_ids(store, cfg.get("train", {}).get("subset", "all"))
+        m = evaluate_idm(model, store, a.split, a.clip_len, max_clips=a.max_clips, device=a.device, episodes=episodes)
         m["checkpoint"] = str(path)
+        if episodes is not None:
+            m["subset"] = cfg.get("train", {}).get("subset", "all")
         report[role] = m
         print(format_metrics(m, f"{role} ({cfg['arch']}) on real {a.split} clips of {a.data}"))
     if a.out:
@@ -235,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     ie.add_argument("--split", default="test", choices=["train", "val", "test"])
     ie.add_argument("--clip-len", type=int, default=16)
     ie.add_argument("--max-clips", type=int)
+    ie.add_argument("--own-subset", action="store_true",
+                    help="with --split train: score each IDM on the training recordings of its own subset")
     ie.add_argument("--device", default="cpu")
     ie.add_argument("--out", help="write the metrics as JSON here")
     ie.set_defaults(func=cmd_idm_eval)

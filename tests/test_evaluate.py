@@ -240,3 +240,25 @@ def test_world_model_of_another_resolution_is_a_one_line_error(tmp_path, capsys)
                  str(tmp_path / "idm12"), "--out", str(tmp_path / "ev"), "--frames", "4"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "12x16" in err and "world model takes 16x16" in err, err
+
+
+def test_idm_eval_on_its_own_training_subset(setup, tmp_path):
+    """`--own-subset` scores each IDM on the training recordings it learned from (train ~ test: underfit)."""
+    from rlir.training.idm_trainer import subset_ids
+    s, data = setup, str(setup["root"] / "data")
+    mine = "a" if subset_ids(s["data"], "a") else "b"          # the half holding the one training episode
+    paths = {}
+    for sub in ("a", "b"):
+        cfg = IDMConfig(arch="vpt", **TINY)
+        paths[sub] = tmp_path / sub
+        save_checkpoint(paths[sub], {"kind": "idm", "arch": "vpt", "model": asdict(cfg), "train": {"subset": sub}},
+                        {"model": build_idm(cfg).state_dict()})
+    out = tmp_path / "own.json"
+    assert main(["-q", "idm", "eval", "--idm", str(paths[mine]), "--data", data, "--split", "train", "--own-subset",
+                 "--clip-len", str(T), "--out", str(out)]) == 0
+    rep = json.loads(out.read_text())["reward_idm"]
+    assert rep["subset"] == mine and rep["n_clips"] == 3                   # e4: 3T frames, 3 windows
+    other = "b" if mine == "a" else "a"
+    assert main(["-q", "idm", "eval", "--idm", str(paths[other]), "--data", data, "--split", "train",
+                 "--own-subset", "--clip-len", str(T)]) == 2               # none of its recordings here
+    assert main(["-q", "idm", "eval", "--idm", str(paths[mine]), "--data", data, "--own-subset"]) == 2   # test split

@@ -133,9 +133,14 @@ def predict(model: torch.nn.Module, frames: np.ndarray | torch.Tensor, batch_siz
 
 
 def evaluate_idm(model, store: EpisodeStore, split: str, clip_len: int, max_clips: int | None = None,
-                 n_boot: int = 1000, device: str = "cpu") -> dict:
+                 n_boot: int = 1000, device: str = "cpu", episodes: list[str] | None = None) -> dict:
+    """Action metrics on the split's fixed clips (only those of `episodes`, if given)."""
     store.require_resolution(model.cfg.resolution, "IDM")
-    windows = fixed_clips(store, clip_len, split=split, max_clips=max_clips)
+    windows = fixed_clips(store, clip_len, split=split)
+    if episodes is not None:
+        keep = set(episodes)
+        windows = [w for w in windows if w[0] in keep]
+    windows = windows[:max_clips] if max_clips is not None else windows
     if not windows:
         raise DataError(f"{store.root}: no {split} episode has {clip_len} frames to evaluate on")
     batch = load_clips(store, windows, clip_len)
