@@ -94,13 +94,16 @@ def cmd_idm_eval(a) -> int:
         if not path:
             continue
         model, cfg = load_idm(path, device=a.device)
-        episodes = None
+        episodes, train = None, cfg.get("train", {})
         if a.own_subset:      # the training episodes this IDM learned from: train ~ test means it underfits
-            episodes = subset_ids(store, cfg.get("train", {}).get("subset", "all"))
+            episodes = subset_ids(store, train.get("subset", "all"))
+            if train.get("data") and Path(train["data"]).resolve() != Path(a.data).resolve():
+                log.warning("%s was trained on %s, not %s: its subset's recordings here are not ones it saw",
+                            path, train["data"], a.data)
         m = evaluate_idm(model, store, a.split, a.clip_len, max_clips=a.max_clips, device=a.device, episodes=episodes)
         m["checkpoint"] = str(path)
         if episodes is not None:
-            m["subset"] = cfg.get("train", {}).get("subset", "all")
+            m["subset"] = train.get("subset", "all")
         report[role] = m
         print(format_metrics(m, f"{role} ({cfg['arch']}) on real {a.split} clips of {a.data}"))
     if a.out:
