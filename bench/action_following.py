@@ -18,13 +18,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rlir.data.sampler import fixed_clips, load_clips  # noqa: E402
 from rlir.data.store import EpisodeStore  # noqa: E402
-import torch  # noqa: E402
-
 from rlir.eval.action_metrics import action_metrics  # noqa: E402
 from rlir.eval.generate import bootstrap_ci, psnr_per_clip  # noqa: E402
 from rlir.training.idm_trainer import load_idm, predict  # noqa: E402
