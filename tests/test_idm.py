@@ -37,10 +37,11 @@ def test_reward_modes_by_hand():
         inverse_reward(lg, t, "l1")
 
 
-@pytest.mark.parametrize("arch", ["vpt", "cnn3d"])
-def test_idm_shapes_and_noncausal(arch):
+@pytest.mark.parametrize("arch,extra", [("vpt", {}), ("vpt", dict(temporal_stride=1, temporal_layers=1)),
+                                        ("cnn3d", {})])
+def test_idm_shapes_and_noncausal(arch, extra):
     torch.manual_seed(0)
-    m = build_idm(IDMConfig(arch=arch, **SMALL)).eval()
+    m = build_idm(IDMConfig(arch=arch, **SMALL, **extra)).eval()
     x = torch.randint(0, 256, (2, 6, 12, 16, 3), dtype=torch.uint8)
     out = m(x)
     assert [o.shape for o in out] == [(2, 5, k) for k in N_CLASSES]
@@ -48,6 +49,11 @@ def test_idm_shapes_and_noncausal(arch):
     y[:, 5] = 255 - y[:, 5]                     # change only the last frame
     out2 = m(y)
     assert not torch.allclose(out[0][:, 0], out2[0][:, 0])   # the first action sees the future
+
+
+def test_idm_temporal_options_checked():
+    with pytest.raises(RlirError, match="temporal_stride"):
+        IDMConfig(temporal_stride=3).validate()
 
 
 def test_inverse_reward_batched_deterministic():

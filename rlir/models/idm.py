@@ -2,6 +2,7 @@
 
     frames [B, T, H, W, 3] uint8
       -> temporal conv (two 3D layers, 5 frames)     each frame sees its neighbours' pixels
+                                                     (at half resolution, or full with temporal_stride 1)
       -> per-frame IMPALA CNN                        image features, [B, T, D]
       -> non-causal transformer over time           each frame sees past and future in the window
       -> heads on (h_t, h_{t+1})                     p(a_t | o_t, o_{t+1}, context), t = 0..T-2
@@ -27,6 +28,8 @@ class IDMConfig:
     resolution: tuple[int, int] = (48, 64)
     clip_len: int = 16
     temporal_channels: int = 32
+    temporal_layers: int = 2          # 3x3x3 layers: 2 see 5 frames, 1 sees 3
+    temporal_stride: int = 2          # spatial stride of the first: 1 reads motion at full resolution
     channels: tuple[int, ...] = (32, 32, 32)   # IMPALA stages (each halves H and W)
     blocks_per_stage: int = 1
     d_model: int = 128
@@ -41,6 +44,9 @@ class IDMConfig:
             raise ConfigError(f"arch must be 'vpt' or 'cnn3d', got {self.arch!r}")
         if self.clip_len < 2:
             raise ConfigError("clip_len must be at least 2 (an action needs the next frame)")
+        if self.temporal_layers not in (1, 2) or self.temporal_stride not in (1, 2):
+            raise ConfigError(f"temporal_layers and temporal_stride must be 1 or 2, got "
+                              f"{self.temporal_layers} and {self.temporal_stride}")
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
 
@@ -102,11 +108,12 @@ class VPTIDM(nn.Module):
         super().__init__()
         self.cfg = cfg
         H, W = cfg.resolution
-        H, W = (H + 1) // 2, (W + 1) // 2   # the first temporal layer reads full-res pixels, writes half-res
-        c = cfg.temporal_channels
-        self.temporal = nn.Sequential(   # two 3x3x3 layers: a receptive field of 5 frames, motion at pixel scale
-            nn.Conv3d(6, c, kernel_size=3, stride=(1, 2, 2), padding=1), nn.GroupNorm(4, c), nn.ReLU(),
-            nn.Conv3d(c, c, kernel_size=3, padding=1), nn.GroupNorm(4, c), nn.ReLU())
+        s, c = cfg.temporal_stride, cfg.temporal_channels
+        H, W = (H + s - 1) // s, (W + s - 1) // s
+        layers = [nn.Conv3d(6, c, kernel_size=3, stride=(1, s, s), padding=1), nn.GroupNorm(4, c), nn.ReLU()]
+        if cfg.temporal_layers == 2:   # two 3x3x3 layers: a receptive field of 5 frames
+            layers += [nn.Conv3d(c, c, kernel_size=3, padding=1), nn.GroupNorm(4, c), nn.ReLU()]
+        self.temporal = nn.Sequential(*layers)   # motion at pixel scale (stride 1: at full resolution)
         stages, c = [], cfg.temporal_channels
         for cout in cfg.channels:
             stages.append(ImpalaStage(c, cout, cfg.blocks_per_stage))
