@@ -1,8 +1,13 @@
+from pathlib import Path
+
 import pytest
+import torch
 
 from rlir.config import load_config
 from rlir.data.collect import CollectConfig
 from rlir.errors import ConfigError
+from rlir.models.idm import build_idm
+from rlir.training.idm_trainer import IDMTrainConfig
 
 
 def test_yaml_then_overrides_then_explicit(tmp_path):
@@ -17,6 +22,16 @@ def test_yaml_then_overrides_then_explicit(tmp_path):
 def test_shipped_presets_load():
     assert load_config(CollectConfig, "configs/collect/tiny.yaml").resolution == (48, 64)
     assert load_config(CollectConfig, "configs/collect/paper.yaml").resolution == (224, 384)
+
+
+@pytest.mark.parametrize("path", sorted(Path("configs/idm").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_idm_presets_build(path):
+    cfg = load_config(IDMTrainConfig, path)
+    cfg.validate()
+    cfg.model.validate()
+    with torch.device("meta"):
+        model = build_idm(cfg.model)
+    assert sum(p.numel() for p in model.parameters()) > 100_000
 
 
 @pytest.mark.parametrize("override,match", [
