@@ -16,6 +16,8 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path, capsys):
     for stage in ("collect", "reward IDM", "judge IDM", "ar: tokenizer", "ar: world model", "ar: RLIR post-training",
                   "evaluate real clips", "ar: evaluate ar base", "ar: evaluate ar + RLIR"):
         assert f"[demo] {stage}" in out, stage
+    real_line = next(line for line in out.splitlines() if line.strip().startswith("real clips"))
+    assert "IDM F1" in real_line and "PSNR" not in real_line      # no capped PSNR of real against itself
     summary = json.loads((run / "demo_summary.json").read_text())
     assert [r["role"] for r in summary["rows"]] == ["real", "base", "posttrained"]
     html = (run / "report" / "report.html").read_text()
