@@ -24,7 +24,7 @@ def test_shipped_presets_load():
     assert load_config(CollectConfig, "configs/collect/paper.yaml").resolution == (224, 384)
 
 
-@pytest.mark.parametrize("path", sorted(Path("configs/idm").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs" / "idm").glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_idm_presets_build(path):
     cfg = load_config(IDMTrainConfig, path)
     cfg.validate()

@@ -1,8 +1,8 @@
 """VPT-style inverse dynamics model: a window of frames -> the action taken at each frame.
 
     frames [B, T, H, W, 3] uint8
-      -> temporal conv (two 3D layers, 5 frames)     each frame sees its neighbours' pixels
-                                                     (at half resolution, or full with temporal_stride 1)
+      -> temporal conv (3D, 2 layers / 5 frames      each frame sees its neighbours' pixels,
+                        or 1 layer / 3 frames)       at half resolution (or full: temporal_stride 1)
       -> per-frame IMPALA CNN                        image features, [B, T, D]
       -> non-causal transformer over time           each frame sees past and future in the window
       -> heads on (h_t, h_{t+1})                     p(a_t | o_t, o_{t+1}, context), t = 0..T-2
