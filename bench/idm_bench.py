@@ -1,9 +1,14 @@
-"""IDM checks on real held-out clips: sensitivity (the paper's Figure 1) and reward throughput.
+"""IDM checks on real held-out clips: sensitivity (the paper's Figure 1), shortcuts, reward throughput.
 
     python bench/idm_bench.py --idm runs/idm_reward/checkpoints/best --data runs/idm_data [--judge CKPT]
+                              [--world-model WM_CKPT]
 
-For each IDM: the inverse reward (modes all / per_group) on real clips, and on the same clips
-with two frames swapped, frozen (frame 0 repeated) and mirrored left-right; then clips/s scored.
+For each IDM and every reward mode (all, per_group, loglik, balanced): the inverse reward on real
+clips, on the base world model's videos of the same clips (`--world-model`, evaluation sampler), and
+on shortcut videos that a reward must not pay: two frames swapped, frozen (frame 0 repeated),
+mirrored left-right, darkened to half brightness, blurred, Gaussian noise. A reward is fit to
+optimise when real > the model's videos > every shortcut; `ranking` says so per mode, with the paired
+(per-clip) difference model - best shortcut and its 95% interval. Then clips/s scored.
 Writes bench/results/idm_bench.json with the command and seed.
 """
 from __future__ import annotations
@@ -22,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rlir.data.sampler import fixed_clips, load_clips  # noqa: E402
 from rlir.data.store import EpisodeStore  # noqa: E402
-from rlir.rl.rewards import InverseReward  # noqa: E402
+from rlir.eval.generate import bootstrap_ci  # noqa: E402
+from rlir.rl.rewards import MODES, InverseReward  # noqa: E402
 from rlir.training.idm_trainer import load_idm  # noqa: E402
 
 
@@ -36,7 +42,20 @@ def perturb(frames: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarr
         f[:] = f[:, :1]
     elif kind == "mirrored":
         f = f[:, :, :, ::-1].copy()
+    elif kind == "darkened":             # half brightness from frame 1 on
+        f[:, 1:] = (f[:, 1:].astype(np.float32) * 0.5).astype(np.uint8)
+    elif kind == "blurred":              # a 5x5 box blur of frames 1..
+        import cv2
+        for b in range(len(f)):
+            for t in range(1, f.shape[1]):
+                f[b, t] = cv2.blur(f[b, t], (5, 5))
+    elif kind == "noise":                # Gaussian noise, sigma 25 levels, on frames 1..
+        n = rng.normal(0, 25, f[:, 1:].shape)
+        f[:, 1:] = np.clip(f[:, 1:].astype(np.float32) + n, 0, 255).astype(np.uint8)
     return f
+
+
+SHORTCUTS = ("swap_two_frames", "frozen", "mirrored", "darkened", "blurred", "noise")
 
 
 def main() -> None:
@@ -48,6 +67,7 @@ def main() -> None:
     p.add_argument("--max-clips", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--world-model", help="a base world model: its videos of the same clips are scored too")
     p.add_argument("--out", default="bench/results/idm_bench.json")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -57,22 +77,36 @@ def main() -> None:
     result = {"bench": "idm_bench", "command": " ".join([sys.executable] + sys.argv), "seed": a.seed,
               "data": a.data, "split": a.split, "n_clips": len(frames), "threads": a.threads,
               "machine": platform.platform(), "idms": {}}
+    null = tuple(store.metadata.get("null_groups", {}))
+    videos = {"real": frames}
+    if a.world_model:
+        from bench.rlir_gain import roll_out
+        videos["world_model"] = roll_out(a.world_model, batch, a.seed, 8, "cpu")
+        result["world_model"] = a.world_model
+    for kind in SHORTCUTS:
+        videos[kind] = perturb(frames, kind, np.random.default_rng(a.seed))
     for role, path in (("reward_idm", a.idm), ("judge_idm", a.judge)):
         if not path:
             continue
         model, cfg = load_idm(path)
-        out = {"checkpoint": path, "arch": cfg["arch"], "sensitivity": {}}
-        for mode in ("all", "per_group"):
-            reward = InverseReward(model, mode=mode, batch_size=64)
-            row = {}
-            for kind in ("real", "swap_two_frames", "frozen", "mirrored"):
-                f = frames if kind == "real" else perturb(frames, kind, np.random.default_rng(a.seed))
-                r = reward(f, actions).numpy()
-                boot = [r[np.random.default_rng(a.seed + k).integers(0, len(r), len(r))].mean() for k in range(1000)]
-                row[kind] = {"mean": float(r.mean()), "ci95": [float(np.percentile(boot, 2.5)),
-                                                               float(np.percentile(boot, 97.5))]}
-            out["sensitivity"][mode] = row
-            print(role, mode, {k: round(v["mean"], 3) for k, v in row.items()})
+        out = {"checkpoint": path, "arch": cfg["arch"], "sensitivity": {}, "ranking": {}}
+        for mode in MODES:
+            reward = InverseReward(model, mode=mode, batch_size=64, null_groups=null)
+            row, per = {}, {}
+            for kind, f in videos.items():
+                r = per[kind] = reward(f, actions).numpy()
+                row[kind] = {"mean": float(r.mean()), "ci95": bootstrap_ci(r, seed=a.seed)}
+            best = max(SHORTCUTS, key=lambda k: row[k]["mean"])
+            rank = {"best_shortcut": best, "real_above_shortcuts": bool(all(row["real"]["mean"] > row[k]["mean"]
+                                                                            for k in SHORTCUTS))}
+            if "world_model" in videos:
+                d = per["world_model"] - per[best]
+                rank.update({"real_above_model": bool(row["real"]["mean"] > row["world_model"]["mean"]),
+                             "model_minus_best_shortcut": {"mean": float(d.mean()), "ci95": bootstrap_ci(d, seed=a.seed)}})
+                rank["ok"] = bool(rank["real_above_model"] and rank["model_minus_best_shortcut"]["ci95"][0] > 0)
+            out["sensitivity"][mode], out["ranking"][mode] = row, rank
+            print(role, mode, {k: round(v["mean"], 3) for k, v in row.items()}, "best shortcut:", best,
+                  "ok" if rank.get("ok") else "")
         reward = InverseReward(model, mode="all", batch_size=64)
         reward(frames[:64], actions[:64])                     # warm-up
         t0 = time.perf_counter()

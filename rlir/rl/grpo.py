@@ -7,6 +7,15 @@ with rewards r_1..r_G (paper Eq. 2):
     L   = -min(rho A, clip(rho, 1 - eps, 1 + eps_high) A) + beta KL,   rho = pi / pi_old
     KL  = exp(ref - logp) - (ref - logp) - 1                          (k3, per token)
 
+Frame-level credit (`advantage: frame`): the IDM gives a verdict r_{i,t} per generated frame, so each
+(rollout, frame) gets its own advantage from that frame's reward-to-go,
+
+    R_{i,t} = sum_{k>=t} gamma^(k-t) r_{i,k}         A_{i,t} = (R_{i,t} - mean_j R_{j,t}) / (std_i,t R + 1e-4)
+
+centred per frame over the group and scaled by one std per group (pooled over its rollouts and
+frames: a per-frame std amplifies the noise of frames on which the group hardly differs). The tokens
+(AR) or denoising steps (diffusion) of generated frame t+1 get A_{i,t}.
+
 The token version (AR world model) weights tokens by a mask (1 on generated visual tokens, 0 on the
 forced action tokens and frame 0). The Flow-GRPO version (diffusion world model) has one ratio per
 (frame, denoising step), advantages clamped, and a KL on the step's Gaussian mean.
@@ -32,6 +41,53 @@ def group_advantages(rewards: torch.Tensor, num_generations: int, scale_rewards:
     elif scale_rewards == "batch":
         adv = adv / (r.std() + 1e-4)
     return adv.view(-1)
+
+
+def rewards_to_go(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
+    """[B, n] per-frame rewards -> R_t = sum_{k>=t} gamma^(k-t) r_k (gamma = 0: r_t itself)."""
+    if not 0 <= gamma <= 1:
+        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    r = rewards.float()
+    if gamma == 0:
+        return r.clone()
+    out, acc = torch.empty_like(r), torch.zeros_like(r[:, 0])
+    for t in range(r.shape[1] - 1, -1, -1):
+        acc = r[:, t] + gamma * acc
+        out[:, t] = acc
+    return out
+
+
+def frame_advantages(rewards: torch.Tensor, num_generations: int, scale_rewards: str = "group",
+                     gamma: float = 0.0) -> torch.Tensor:
+    """Per-frame rewards [P*G, n] -> per-frame advantages [P*G, n]; each group's column sums to 0."""
+    if scale_rewards not in SCALE_REWARDS:
+        raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale_rewards!r}")
+    if rewards.dim() != 2 or rewards.shape[0] % num_generations:
+        raise ValueError(f"rewards {list(rewards.shape)} must be [groups x {num_generations}, frames]")
+    R = rewards_to_go(rewards, gamma)
+    n = R.shape[1]
+    r = R.view(-1, num_generations, n)
+    adv = r - r.mean(1, keepdim=True)
+    if scale_rewards == "group":
+        adv = adv / (r.flatten(1).std(1).view(-1, 1, 1) + 1e-4)
+    elif scale_rewards == "batch":
+        adv = adv / (R.std() + 1e-4)
+    return adv.reshape(-1, n)
+
+
+def token_advantages(adv: torch.Tensor, seq_len: int, tokens_per_frame: int, block: int) -> torch.Tensor:
+    """AR credit: frame advantages [B, n] -> per-token [B, seq_len]; the visual tokens of frame t+1
+    (positions (t+1)*block .. +tokens_per_frame) get adv[:, t]; frame 0 and action tokens get 0 (they
+    are masked out of the loss anyway). Sequence advantages [B] are returned unchanged (broadcast)."""
+    if adv.dim() == 1:
+        return adv
+    out = adv.new_zeros(adv.shape[0], seq_len)
+    for t in range(adv.shape[1]):
+        s = (t + 1) * block
+        if s >= seq_len:
+            raise ValueError(f"{adv.shape[1]} frame advantages do not fit a sequence of {seq_len} tokens")
+        out[:, s:s + tokens_per_frame] = adv[:, t:t + 1]
+    return out
 
 
 def zero_std_groups(rewards: torch.Tensor, num_generations: int) -> torch.Tensor:

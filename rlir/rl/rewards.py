@@ -2,21 +2,64 @@
 
     R = (1/n) sum_i 1[a_hat_i == a_i]      over the n = T-1 actions a video of T frames shows
 
-`a_hat` is the IDM's argmax (deterministic). A frame agrees when
-  mode "all":        all 9 groups match,
-  mode "per_group":  the share of the 9 groups that match (partial credit),
-and the soft variant "loglik" is the IDM's mean log-likelihood of the true actions,
-(1/n) sum_i sum_g log p_IDM(a_i^g | video).
+`a_hat` is the IDM's argmax (deterministic). Every mode is a mean over frames of a per-frame value
+r_i (returned by `per_frame_inverse_reward`, [B, n]), so frame-level credit can use r_i directly:
+  "all":        r_i = 1 when all 9 groups match (the paper's Eq. 3),
+  "per_group":  r_i = the share of the 9 groups that match (partial credit),
+  "loglik":     r_i = sum_g log p_IDM(a_i^g | video) (soft),
+  "balanced":   per-group balanced accuracy of the argmax over the clip: the mean recall over the
+                classes that occur in the clip's true actions, averaged over the groups the data shows
+                (a group `dataset.json` names as null is left out; camera pitch/yaw count as their
+                direction: down/none/up, left/none/right). Per frame,
+                    r_i = mean_g 1[a_hat_i^g == a_i^g] * n / (K_g * n_g(a_i^g))
+                with K_g the classes present in the clip and n_g(c) the frames of class c, so that
+                (1/n) sum_i r_i is exactly the balanced accuracy.
+Why "balanced": `per_group` pays a frozen or uninformative video (the IDM then predicts "no action",
+which is right on most frames of rare groups), so "move less" scores as well as "follow the actions".
+Under balanced accuracy a constant prediction scores 1/K_g on every group with K_g > 1 classes, the
+IDM's confidence is not paid (argmax, not probabilities), and every class of a group counts equally.
 """
 from __future__ import annotations
 
 import torch
 
-MODES = ("all", "per_group", "loglik")
+from rlir.actions import CAMERA_NULL_BIN, GROUPS, N_CLASSES
+
+MODES = ("all", "per_group", "loglik", "balanced")
+CAMERA = (7, 8)
 
 
-def inverse_reward(logits: list[torch.Tensor], actions: torch.Tensor, mode: str = "all") -> torch.Tensor:
-    """logits: per group [B, n, K_g]; actions [B, >=n, 9] -> reward [B] (float32)."""
+def shown_groups(null_groups=()) -> tuple[int, ...]:
+    """Indices of the 9 groups that the data shows (dataset.json's `null_groups` left out)."""
+    null = set(null_groups or ())
+    unknown = null - set(GROUPS)
+    if unknown:
+        raise ValueError(f"unknown null groups {sorted(unknown)}; groups are {GROUPS}")
+    return tuple(g for g, name in enumerate(GROUPS) if name not in null)
+
+
+def _direction(bins: torch.Tensor) -> torch.Tensor:
+    """Camera bin 0..10 -> 0 (none), 1 (negative), 2 (positive)."""
+    d = torch.sign(bins - CAMERA_NULL_BIN).long()
+    return torch.where(d < 0, torch.full_like(d, 1), torch.where(d > 0, torch.full_like(d, 2), d))
+
+
+def balanced_accuracy_per_frame(pred: torch.Tensor, true: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """One group: pred, true [B, n] class ids -> [B, n] whose mean over frames is the clip's balanced
+    accuracy (mean recall over the classes present in `true`)."""
+    onehot = torch.nn.functional.one_hot(true, n_classes).float()            # [B, n, K]
+    count = onehot.sum(1)                                                     # [B, K]
+    present = (count > 0).float().sum(-1, keepdim=True)                      # [B, 1]
+    n = true.shape[1]
+    weight = n / (present * count.gather(1, true))                           # [B, n]
+    return (pred == true).float() * weight
+
+
+def per_frame_inverse_reward(logits: list[torch.Tensor], actions: torch.Tensor, mode: str = "all",
+                             groups: tuple[int, ...] | None = None) -> torch.Tensor:
+    """logits: per group [B, n, K_g]; actions [B, >=n, 9] -> per-frame reward [B, n] (float32).
+
+    `groups` (mode balanced only): the group indices scored; default all 9."""
     if mode not in MODES:
         raise ValueError(f"reward mode must be one of {MODES}, got {mode!r}")
     n = logits[0].shape[1]
@@ -24,25 +67,46 @@ def inverse_reward(logits: list[torch.Tensor], actions: torch.Tensor, mode: str 
     if mode == "loglik":
         lp = torch.stack([torch.log_softmax(lg.float(), -1).gather(-1, true[..., g:g + 1]).squeeze(-1)
                           for g, lg in enumerate(logits)], -1)              # [B, n, 9]
-        return lp.sum(-1).mean(-1)
-    match = torch.stack([lg.argmax(-1) for lg in logits], -1) == true       # [B, n, 9]
-    per_frame = match.all(-1).float() if mode == "all" else match.float().mean(-1)
-    return per_frame.mean(-1)
+        return lp.sum(-1)
+    pred = torch.stack([lg.argmax(-1) for lg in logits], -1)                # [B, n, 9]
+    if mode == "balanced":
+        groups = tuple(range(len(GROUPS))) if groups is None else tuple(groups)
+        if not groups:
+            raise ValueError("the balanced reward needs at least one shown group")
+        per = []
+        for g in groups:
+            p, t, k = pred[..., g], true[..., g], N_CLASSES[g]
+            if g in CAMERA:
+                p, t, k = _direction(p), _direction(t), 3
+            per.append(balanced_accuracy_per_frame(p, t, k))
+        return torch.stack(per, -1).mean(-1)
+    match = pred == true
+    return match.all(-1).float() if mode == "all" else match.float().mean(-1)
+
+
+def inverse_reward(logits: list[torch.Tensor], actions: torch.Tensor, mode: str = "all",
+                   groups: tuple[int, ...] | None = None) -> torch.Tensor:
+    """logits: per group [B, n, K_g]; actions [B, >=n, 9] -> reward [B] (float32): Eq. 3's mean over frames."""
+    return per_frame_inverse_reward(logits, actions, mode, groups).mean(-1)
 
 
 class InverseReward:
-    """Scores generated videos with a frozen IDM: batched, no gradient, deterministic."""
+    """Scores generated videos with a frozen IDM: batched, no gradient, deterministic.
 
-    def __init__(self, idm: torch.nn.Module, mode: str = "all", batch_size: int = 64, device: str = "cpu"):
+    `null_groups`: groups the data never shows (dataset.json), left out by the balanced mode."""
+
+    def __init__(self, idm: torch.nn.Module, mode: str = "all", batch_size: int = 64, device: str = "cpu",
+                 null_groups=()):
         if mode not in MODES:
             raise ValueError(f"reward mode must be one of {MODES}, got {mode!r}")
         self.idm, self.mode, self.batch_size, self.device = idm.eval(), mode, batch_size, device
+        self.groups = shown_groups(null_groups)
         for p in self.idm.parameters():
             p.requires_grad_(False)
 
     @torch.no_grad()
-    def __call__(self, frames, actions) -> torch.Tensor:
-        """frames uint8 [B, T, H, W, 3], actions [B, T, 9] -> reward [B]."""
+    def per_frame(self, frames, actions) -> torch.Tensor:
+        """frames uint8 [B, T, H, W, 3], actions [B, T, 9] -> per-frame reward [B, T-1]."""
         frames, actions = torch.as_tensor(frames), torch.as_tensor(actions)
         if frames.ndim != 5 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
             raise ValueError(f"frames must be uint8 [B, T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
@@ -52,24 +116,59 @@ class InverseReward:
         out = []
         for s in range(0, len(frames), self.batch_size):
             logits = self.idm(frames[s:s + self.batch_size].to(self.device))
-            out.append(inverse_reward(logits, actions[s:s + self.batch_size].to(self.device), self.mode).cpu())
+            out.append(per_frame_inverse_reward(logits, actions[s:s + self.batch_size].to(self.device), self.mode,
+                                                self.groups).cpu())
         return torch.cat(out)
+
+    def __call__(self, frames, actions) -> torch.Tensor:
+        """frames uint8 [B, T, H, W, 3], actions [B, T, 9] -> reward [B]."""
+        return self.per_frame(frames, actions).mean(-1)
 
 
 # --- Pluggable rewards for post-training ---------------------------------------------------------
 # A reward function maps (generated video, real video, actions) to one number per video:
 #     fn(generated uint8 [B, T, H, W, 3], real uint8 [B, T, H, W, 3], actions int [B, T, 9]) -> float [B]
+# and may also give one number per generated frame, fn.per_frame(...) -> [B, T-1] (index i: frame i+1,
+# the frame action i leads to), whose mean over frames is fn(...). Frame-level credit uses it; a
+# function without it counts the same for every frame.
 # Frame 0 is the given frame in both videos; rewards look at frames 1..T-1 where they compare pixels.
 
 class InverseRewardFn:
     """RLIR's reward (Eq. 3): the share of frames whose actions the IDM recovers from the generated video."""
 
-    def __init__(self, idm: torch.nn.Module, mode: str = "all", batch_size: int = 64, device: str = "cpu"):
+    def __init__(self, idm: torch.nn.Module, mode: str = "all", batch_size: int = 64, device: str = "cpu",
+                 null_groups=()):
         self.name = "inverse"
-        self.scorer = InverseReward(idm, mode, batch_size, device)
+        self.scorer = InverseReward(idm, mode, batch_size, device, null_groups)
+
+    def per_frame(self, generated, real, actions) -> torch.Tensor:
+        return self.scorer.per_frame(generated, actions)
 
     def __call__(self, generated, real, actions) -> torch.Tensor:
         return self.scorer(generated, actions)
+
+
+class RandomReward:
+    """The control: rewards that carry no information about the video, uniform in [0, 1) per frame.
+
+    Seeded by `seed` and the video's own bytes, so a resumed run draws the same numbers. Whatever a run
+    on this reward does (darkening, entropy loss, PSNR change) is drift of the optimiser, not learning."""
+
+    def __init__(self, seed: int = 0):
+        self.name, self.seed = "random", int(seed)
+
+    def per_frame(self, generated, real, actions) -> torch.Tensor:
+        import hashlib
+        g = torch.as_tensor(generated)
+        out = []
+        for v in g:
+            key = int.from_bytes(hashlib.blake2b(v.contiguous().numpy().tobytes(), digest_size=8).digest(), "little")
+            gen = torch.Generator().manual_seed((key ^ (self.seed * 2_654_435_761)) % (2 ** 63))
+            out.append(torch.rand(g.shape[1] - 1, generator=gen))
+        return torch.stack(out)
+
+    def __call__(self, generated, real, actions) -> torch.Tensor:
+        return self.per_frame(generated, real, actions).mean(-1)
 
 
 class PixelReward:
@@ -82,15 +181,19 @@ class PixelReward:
         self.name = "pixel_l1_ssim"
 
     @torch.no_grad()
-    def __call__(self, generated, real, actions) -> torch.Tensor:
+    def per_frame(self, generated, real, actions) -> torch.Tensor:
+        """-(L1 + 1 - SSIM) of each generated frame 1..T-1 -> [B, T-1]."""
         from torchmetrics.functional.image import structural_similarity_index_measure as ssim
         g = torch.as_tensor(generated)[:, 1:].float() / 255
         r = torch.as_tensor(real)[:, 1:].float() / 255
         B, T = g.shape[:2]
-        l1 = (g - r).abs().flatten(1).mean(1)
+        l1 = (g - r).abs().flatten(2).mean(2)
         flat = lambda x: x.reshape(B * T, *x.shape[2:]).permute(0, 3, 1, 2)      # noqa: E731
-        s = ssim(flat(g), flat(r), data_range=1.0, reduction="none").view(B, T).mean(1)
+        s = ssim(flat(g), flat(r), data_range=1.0, reduction="none").view(B, T)
         return -(l1 + (1 - s))
+
+    def __call__(self, generated, real, actions) -> torch.Tensor:
+        return self.per_frame(generated, real, actions).mean(-1)
 
 
 class PreferenceReward:
@@ -117,20 +220,25 @@ class PreferenceReward:
         return torch.as_tensor(self.scorer(torch.as_tensor(generated)), dtype=torch.float32)
 
 
-def combine_rewards(fns: list, weights: list[float], generated, real, actions) -> tuple[torch.Tensor, dict]:
-    """Weighted sum of reward functions -> (total [B], {name: [B]}); a function that returns anything
-    but B finite numbers is a RewardError that names it."""
+def combine_rewards(fns: list, weights: list[float], generated, real, actions, per_frame: bool = False
+                    ) -> tuple[torch.Tensor, dict]:
+    """Weighted sum of reward functions -> (total, {name: [B]}); total is [B], or [B, T-1] with
+    `per_frame` (a function without `per_frame` counts the same for every frame). A function that
+    returns anything but one finite number per video (or per frame) is an error that names it."""
     from rlir.errors import RlirError
-    B = len(generated)
-    total, parts = torch.zeros(B), {}
+    B, n = len(generated), torch.as_tensor(generated).shape[1] - 1
+    total, parts = torch.zeros((B, n) if per_frame else (B,)), {}
     for fn, w in zip(fns, weights):
-        r = fn(generated, real, actions)
+        name = getattr(fn, "name", str(fn))
+        frame_level = per_frame and hasattr(fn, "per_frame")
+        r = fn.per_frame(generated, real, actions) if frame_level else fn(generated, real, actions)
         r = torch.as_tensor(r).detach().float().cpu()
-        if r.shape != (B,):
-            raise RlirError(f"reward function {getattr(fn, 'name', fn)!r} returned shape {list(r.shape)}, "
-                            f"expected [{B}] (one number per video)")
+        want = (B, n) if frame_level else (B,)
+        if r.shape != want:
+            raise RlirError(f"reward function {name!r} returned shape {list(r.shape)}, expected {list(want)} "
+                            f"(one number per {'frame' if frame_level else 'video'})")
         if not torch.isfinite(r).all():
-            raise RlirError(f"reward function {getattr(fn, 'name', fn)!r} returned non-finite values")
-        parts[getattr(fn, "name", str(fn))] = r
-        total += w * r
+            raise RlirError(f"reward function {name!r} returned non-finite values")
+        parts[name] = r.mean(-1) if frame_level else r
+        total += w * (r if frame_level or not per_frame else r[:, None])
     return total, parts

@@ -64,9 +64,17 @@ class ARPolicy:
         video[:, 0] = frame0
         return Rollouts(video, actions, {"tokens": r.tokens, "logps": r.logps, "mask": r.mask})
 
+    def rollout_stats(self, ro: Rollouts) -> dict:
+        """The policy's token entropy, estimated as -E[log pi] over the sampled visual tokens (its fall with
+        any reward, the random control's included, is drift rather than learning)."""
+        m = ro.data["mask"] > 0
+        return {"entropy": float(-(ro.data["logps"] * m).sum() / m.sum().clamp(min=1))}
+
     def accumulate(self, ro: Rollouts, adv: torch.Tensor, scale: float, ref_model=None) -> dict:
         from rlir.models.ar_world_model import score
+        from rlir.rl.grpo import token_advantages
         d = ro.data
+        adv = token_advantages(adv, d["tokens"].shape[1], self.cfg.tokens_per_frame, self.cfg.block)
         logp = score(self.model, self.cfg, d["tokens"], d["mask"], self.temperature, self.top_p)
         m = d["mask"] > 0
         metrics = {}
@@ -122,6 +130,9 @@ class DiffusionPolicy:
         chosen = keys.argsort(1)[:, : self.n_train_steps]
         return Rollouts(video, actions, {"latents": tr.latents, "steps": tr.steps, "logps": tr.logps,
                                          "chosen": chosen.cpu()})
+
+    def rollout_stats(self, ro: Rollouts) -> dict:
+        return {}
 
     def _traj(self, d):
         from rlir.models.flow_samplers import SDETrajectory

@@ -24,14 +24,15 @@ import numpy as np
 import torch
 
 from rlir.errors import ConfigError
-from rlir.rl.grpo import LOSS_TYPES, SCALE_REWARDS, group_advantages, zero_std_groups
+from rlir.rl.grpo import LOSS_TYPES, SCALE_REWARDS, frame_advantages, group_advantages, zero_std_groups
 from rlir.training.distributed import all_reduce_grads
-from rlir.training.loop import (LoopConfig, RunLog, load_train_state, save_model_checkpoint, save_train_state,
-                                 warmup_cosine)
+from rlir.training.loop import (LR_SCHEDULES, LoopConfig, RunLog, load_train_state, lr_schedule,
+                                 save_model_checkpoint, save_train_state)
 
 log = logging.getLogger("rlir.posttrain")
 
-REWARDS = ("inverse", "pixel_l1_ssim", "preference")
+REWARDS = ("inverse", "pixel_l1_ssim", "preference", "random")
+ADVANTAGES = ("sequence", "frame")
 
 
 @dataclass
@@ -51,6 +52,7 @@ class GRPOConfig(LoopConfig):
     gradient_accumulation_steps: int = 1
     lr: float = 1e-6
     warmup: int = 0
+    lr_schedule: str = "cosine"              # cosine (to 0 over the run) | constant (after the warmup)
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     beta: float = 0.0
@@ -61,7 +63,9 @@ class GRPOConfig(LoopConfig):
     temperature: float = 1.0
     top_p: float = 1.0
     rewards: dict[str, float] = field(default_factory=lambda: {"inverse": 1.0})
-    reward_mode: str = "all"                 # inverse reward: all | per_group | loglik
+    reward_mode: str = "all"                 # inverse reward: all | per_group | loglik | balanced
+    advantage: str = "sequence"              # sequence: one advantage per rollout | frame: per generated frame
+    gamma: float = 0.0                       # frame advantages: reward-to-go discount (0: the frame's own reward)
     preference_fn: str | None = None         # "module:function" scoring a video, for the preference reward
     prompt_clips: int = 0                    # 0: any training window; N: a fixed set of N training clips
     dynamic_sampling: str = "none"           # none | drop (zero-std groups out of the loss) | resample
@@ -109,16 +113,23 @@ class GRPOConfig(LoopConfig):
         from rlir.rl.rewards import MODES
         if self.reward_mode not in MODES:
             raise ConfigError(f"reward_mode must be one of {MODES}, got {self.reward_mode!r}")
+        if self.advantage not in ADVANTAGES:
+            raise ConfigError(f"advantage must be one of {ADVANTAGES}, got {self.advantage!r}")
+        if not 0 <= self.gamma <= 1:
+            raise ConfigError(f"gamma must be in [0, 1], got {self.gamma}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.num_iterations < 1 or self.frames < 2:
             raise ConfigError("num_iterations must be >= 1 and frames >= 2")
 
 
-def build_reward_fns(cfg: GRPOConfig, idm) -> tuple[list, list[float]]:
-    from rlir.rl.rewards import InverseRewardFn, PixelReward, PreferenceReward
+def build_reward_fns(cfg: GRPOConfig, idm, null_groups=()) -> tuple[list, list[float]]:
+    from rlir.rl.rewards import InverseRewardFn, PixelReward, PreferenceReward, RandomReward
     fns, weights = [], []
     for name, w in cfg.rewards.items():
-        fns.append(InverseRewardFn(idm, cfg.reward_mode, device=cfg.device) if name == "inverse" else
-                   PixelReward() if name == "pixel_l1_ssim" else PreferenceReward(cfg.preference_fn))
+        fns.append(InverseRewardFn(idm, cfg.reward_mode, device=cfg.device, null_groups=null_groups)
+                   if name == "inverse" else PixelReward() if name == "pixel_l1_ssim" else
+                   RandomReward(cfg.seed) if name == "random" else PreferenceReward(cfg.preference_fn))
         weights.append(float(w))
     return fns, weights
 
@@ -138,6 +149,24 @@ class FixedPrompts:
         k = self.rng.choice(len(self.windows), size=self.batch_size, replace=len(self.windows) < self.batch_size)
         k = k[rows] if rows is not None else k        # the global draw, then this process's rows
         return {key: self.clips[key][k] for key in ("frames", "actions", "camera_deg")}
+
+
+def _per_video(rewards: torch.Tensor) -> torch.Tensor:
+    """Per-frame rewards [B, n] -> per video [B] (the mean over frames); [B] unchanged."""
+    return rewards.mean(-1) if rewards.dim() == 2 else rewards
+
+
+def _grads(model: torch.nn.Module) -> torch.Tensor:
+    """The model's accumulated gradient as one flat float32 vector (zeros where none yet)."""
+    return torch.cat([(p.grad.detach().float().flatten() if p.grad is not None else
+                       torch.zeros(p.numel(), device=p.device)) for p in model.parameters() if p.requires_grad])
+
+
+def _cosine_halves(first: torch.Tensor, total: torch.Tensor) -> float:
+    """Signal check: cosine between the gradients of the two halves of a batch. Near 0: the step is
+    mostly noise (two halves disagree); clearly positive: the halves agree on a direction."""
+    second = total - first
+    return float(torch.nn.functional.cosine_similarity(first, second, dim=0, eps=1e-12))
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -184,10 +213,13 @@ class Posttrainer:
         if cfg.judge:
             self.judge, judge_cfg = load_idm(cfg.judge, dev)
             self.store.require_resolution(tuple(judge_cfg["model"]["resolution"]), "judge IDM")
-        self.reward_fns, self.reward_weights = reward_fns or build_reward_fns(cfg, self.idm)
-        # the probe scores in the training reward's mode, so probe and judge compare with `reward`
-        self.probe_reward = InverseReward(self.idm, cfg.reward_mode, device=dev)
-        self.judge_reward = InverseReward(self.judge, cfg.reward_mode, device=dev) if self.judge is not None else None
+        null_groups = tuple(self.store.metadata.get("null_groups", {}))
+        self.reward_fns, self.reward_weights = reward_fns or build_reward_fns(cfg, self.idm, null_groups)
+        # the probe scores in the training reward's mode (the inverse reward's), so probe and judge
+        # compare with `reward`
+        self.probe_reward = InverseReward(self.idm, cfg.reward_mode, device=dev, null_groups=null_groups)
+        self.judge_reward = (InverseReward(self.judge, cfg.reward_mode, device=dev, null_groups=null_groups)
+                             if self.judge is not None else None)
         clip_len = getattr(self.mcfg, "clip_len", cfg.frames)
         if cfg.frames > clip_len:
             raise ConfigError(f"frames ({cfg.frames}) exceeds the world model's clip_len ({clip_len})")
@@ -220,7 +252,8 @@ class Posttrainer:
             for p in self.model.state_dict().values():       # replicas start equal, as DDP ensures
                 dist.broadcast(p, 0)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.sched = warmup_cosine(self.opt, cfg.warmup, cfg.steps * cfg.num_iterations)
+        self.sched = lr_schedule(self.opt, cfg.lr_schedule, cfg.warmup * cfg.num_iterations,
+                                 cfg.steps * cfg.num_iterations)
         self.out = Path(cfg.out)
 
     # --- one step ---------------------------------------------------------------------------------
@@ -237,7 +270,8 @@ class Posttrainer:
         with self.d.autocast():
             ro = self.policy.rollout(real[:, 0], actions, g)
         from rlir.rl.rewards import combine_rewards
-        rewards, parts = combine_rewards(self.reward_fns, self.reward_weights, ro.video, real, actions)
+        rewards, parts = combine_rewards(self.reward_fns, self.reward_weights, ro.video, real, actions,
+                                         per_frame=cfg.advantage == "frame")
         return ro, real, rewards, parts
 
     def rollouts(self, step: int):
@@ -250,10 +284,11 @@ class Posttrainer:
         ro, real, rewards, parts = self._generate(step, 0)
         if cfg.dynamic_sampling == "resample":
             for r in range(1, cfg.max_resample_rounds + 1):
-                if not zero_std_groups(self.d.gather(rewards), G).any():
+                if not zero_std_groups(_per_video(self.d.gather(rewards)), G).any():
                     break
                 ro2, real2, rewards2, parts2 = self._generate(step, r)
-                swap = (zero_std_groups(rewards, G) & ~zero_std_groups(rewards2, G)).repeat_interleave(G)
+                swap = (zero_std_groups(_per_video(rewards), G) &
+                        ~zero_std_groups(_per_video(rewards2), G)).repeat_interleave(G)
                 idx = torch.arange(len(rewards)) + len(rewards) * swap.long()     # row i of [first | fresh]
                 ro = type(ro).cat([ro, ro2]).select(idx)
                 real = torch.cat([real, real2])[idx]
@@ -267,14 +302,22 @@ class Posttrainer:
         ro, real, rewards, parts = self.rollouts(step)
         t_gen = time.time() - t0
         d = self.d
-        all_rewards = d.gather(rewards)                        # advantages need whole groups (or the batch)
-        adv = group_advantages(all_rewards, G, cfg.scale_rewards)[self.rows.start * G:self.rows.stop * G]
+        all_frame_rewards = d.gather(rewards)                  # advantages need whole groups (or the batch)
+        all_rewards = _per_video(all_frame_rewards)            # [P*G]: a video's reward (mean over frames)
+        adv = (frame_advantages(all_frame_rewards, G, cfg.scale_rewards, cfg.gamma) if cfg.advantage == "frame"
+               else group_advantages(all_rewards, G, cfg.scale_rewards))[self.rows.start * G:self.rows.stop * G]
         flat_all = zero_std_groups(all_rewards, G)
         flat = flat_all[self.rows]
         r = all_rewards.view(-1, G)
         row = {"step": step + 1, "world_size": d.world, "rollouts_per_rank": len(rewards),
                "reward": float(all_rewards.mean()), "reward_std": float(r.std(1).mean()),
-               "frac_reward_zero_std": float(flat_all.float().mean())}
+               "frac_reward_zero_std": float(flat_all.float().mean()),
+               # drift watch: a shortcut (darkening, freezing) shows here while it happens
+               "rollout_brightness": float(d.mean({"b": float(ro.video[:, 1:].float().mean())})["b"]),
+               "prompt_brightness": float(d.mean({"b": float(real[:, 1:].float().mean())})["b"])}
+        row.update(d.mean(self.policy.rollout_stats(ro)))
+        if cfg.advantage == "frame":
+            row["reward_std_frame"] = float(all_frame_rewards.view(-1, G, all_frame_rewards.shape[1]).std(1).mean())
         for name, v in parts.items():
             v = d.gather(v)
             row[f"rewards/{name}/mean"], row[f"rewards/{name}/std"] = float(v.mean()), float(v.std())
@@ -290,16 +333,21 @@ class Posttrainer:
             n_chunks = min(cfg.gradient_accumulation_steps, len(use))
             chunks = [(ro.select(i), adv[i]) for i in torch.tensor_split(use, n_chunks)] if len(use) else []
             self.model.train()
-            for _ in range(cfg.num_iterations):
+            for it in range(cfg.num_iterations):
                 self.opt.zero_grad(set_to_none=True)
                 bad = False
-                for chunk, a in chunks:
+                half = None
+                for c, (chunk, a) in enumerate(chunks):
+                    if it == 0 and len(chunks) >= 2 and c == len(chunks) // 2:
+                        half = _grads(self.model)            # the first half of the batch's gradient
                     with d.autocast():
                         m = self.policy.accumulate(chunk, a, len(a) * w, self.ref)
                     bad = bad or bool(m.pop("nonfinite", False))
                     for k, v in m.items():
                         sums[k] = max(sums.get(k, 0.0), v) if k == "logp_mismatch" else \
                             sums.get(k, 0.0) + v * len(a) * w / d.world / cfg.num_iterations
+                if half is not None and not self.sharded:
+                    sums["grad_cosine_halves"] = _cosine_halves(half, _grads(self.model))
                 if not self.sharded:
                     all_reduce_grads(self.model.parameters(), d)
                 bad = d.any(bad)
@@ -321,6 +369,7 @@ class Posttrainer:
                 warnings.simplefilter("ignore", UserWarning)
                 for _ in range(cfg.num_iterations):
                     self.sched.step()
+        cos = sums.pop("grad_cosine_halves", None)
         mismatch = sums.pop("logp_mismatch", None)
         grad_norm = sums.pop("grad_norm", None)
         sums = {k: v * d.world for k, v in d.mean(sums).items()}         # weighted sums over ranks
@@ -328,6 +377,8 @@ class Posttrainer:
             sums["logp_mismatch"] = d.max({"m": mismatch})["m"]
         if grad_norm is not None:
             sums["grad_norm"] = grad_norm                                  # already the global norm
+        if cos is not None:
+            sums["grad_cosine_halves"] = d.mean({"c": cos})["c"]
         row.update(sums)
         row.update({"skipped_updates": skipped, "learning_rate": self.sched.get_last_lr()[0],
                     "step_time": time.time() - t0, "generation_time": t_gen,
@@ -377,7 +428,31 @@ class Posttrainer:
         save_model_checkpoint(self.out / "checkpoints" / "policy", wm_checkpoint_config(self.mcfg, self.codec.cfg, extra),
                               self.model, codec=self.codec.state_dict())
         save_train_state(self.out / "checkpoints" / "last", "posttrain_state", self.model, self.opt, self.sched,
-                         {"step": step, "history": history[-200:]}, {"prompts": self.prompts.rng})
+                         {"step": step, "history": history[-200:], "config": asdict(self.cfg)},
+                         {"prompts": self.prompts.rng})
+
+
+# What a resumed run must share with the run it continues: its model, data, reward and optimisation.
+# Budget and bookkeeping (steps, max_minutes, eval/save/media cadence, threads, device) may change.
+RESUME_KEEPS = ("world_model", "idm", "judge", "data", "frames", "seed", "batch_size", "num_generations",
+                "num_iterations", "gradient_accumulation_steps", "lr", "lr_schedule", "warmup", "weight_decay",
+                "max_grad_norm", "beta", "epsilon", "epsilon_high", "loss_type", "scale_rewards", "temperature",
+                "top_p", "rewards", "reward_mode", "advantage", "gamma", "preference_fn", "prompt_clips",
+                "dynamic_sampling", "max_resample_rounds", "sde_steps", "noise_level", "timestep_fraction",
+                "clip_range", "adv_clip_max", "parallel", "precision")
+
+
+def check_resume(out: Path, saved: dict | None, cfg: GRPOConfig) -> None:
+    """Refuse to resume a run folder with other settings than it was started with (naming them)."""
+    if not saved:
+        return
+    now = json.loads(json.dumps(asdict(cfg)))
+    changed = [k for k in RESUME_KEEPS if k in saved and saved[k] != now.get(k)]
+    if changed:
+        diff = "; ".join(f"{k}: {saved[k]!r} in the run, {now.get(k)!r} now" for k in changed)
+        raise ConfigError(f"{out} holds a post-training run with other settings ({diff}); a resume keeps the "
+                          f"run's model, data, reward and optimiser settings: give a new --out, or remove "
+                          f"{out / 'checkpoints' / 'last'} to start over")
 
 
 def posttrain(cfg: GRPOConfig, progress: bool = True, stop_at_step: int | None = None,
@@ -388,9 +463,15 @@ def posttrain(cfg: GRPOConfig, progress: bool = True, stop_at_step: int | None =
     tr = Posttrainer(cfg, reward_fns)
     out = tr.out
     out.mkdir(parents=True, exist_ok=True)
+    if (out / "checkpoints" / "last" / "config.json").is_file():     # before any weight is loaded or written
+        from rlir.utils.checkpoint import read_config
+        check_resume(out, read_config(out / "checkpoints" / "last", kind="posttrain_state").get("config"), cfg)
     meta = load_train_state(out / "checkpoints" / "last", "posttrain_state", tr.model, tr.opt, tr.sched,
                             {"prompts": tr.prompts.rng})
     step = meta["step"] if meta else 0
+    if meta and meta.get("config", {}).get("steps") not in (None, cfg.steps) and cfg.lr_schedule == "cosine":
+        log.warning("resuming with steps %s instead of %s: the cosine schedule is recomputed over the new length",
+                    cfg.steps, meta["config"]["steps"])
     if tr.d.main:
         _truncate_log(out / "metrics.jsonl", step if meta else -1)   # no checkpoint yet: start the log afresh
     history = list(meta["history"]) if meta else []

@@ -80,6 +80,18 @@ def save_model_checkpoint(path: Path, config: dict, model: torch.nn.Module, **mo
         save_checkpoint(path, config, {"model": sd, **more})
 
 
+LR_SCHEDULES = ("cosine", "constant")
+
+
+def lr_schedule(opt: torch.optim.Optimizer, kind: str, warmup: int, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup, then cosine to 0 over `steps` ("cosine") or the full rate ("constant")."""
+    if kind == "cosine":
+        return warmup_cosine(opt, warmup, steps)
+    if kind != "constant":
+        raise ConfigError(f"lr schedule must be one of {LR_SCHEDULES}, got {kind!r}")
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup)))
+
+
 def warmup_cosine(opt: torch.optim.Optimizer, warmup: int, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
