@@ -213,10 +213,9 @@ def test_posttrain_cli_resume_reproduces_the_uninterrupted_run(tmp_path, paradig
             "--set", "eval_every=3", "--set", "probe_clips=2", "--set", "media_every=3", "--set", "save_every=1",
             "--set", "sde_steps=4", "--set", "eval_steps=3", "--set", "beta=0.01", "--set", "max_minutes=0"]
     assert main(["-q", *base, "--out", str(tmp_path / "full")]) == 0
-    cfg = GRPOConfig(world_model=wm, idm=idm, judge=idm, data=data, out=str(tmp_path / "killed"), frames=4, steps=3,
-                     batch_size=2, num_generations=4, lr=1e-3, eval_every=3, probe_clips=2, media_every=3,
-                     save_every=1, sde_steps=4, eval_steps=3, beta=0.01, max_minutes=0,
-                     reward_mode="per_group", gradient_accumulation_steps=2)
+    from rlir.config import load_config      # the same settings as the CLI's (its preset + the same --set)
+    cfg = load_config(GRPOConfig, f"configs/posttrain/{paradigm}_tiny.yaml", base[base.index("--set") + 1::2],
+                      world_model=wm, idm=idm, judge=idm, data=data, out=str(tmp_path / "killed"))
     posttrain(cfg, progress=False, stop_at_step=1)
     with open(tmp_path / "killed" / "metrics.jsonl", "a") as f:    # a row written after the last checkpoint
         f.write(json.dumps({"step": 2, "reward": -1.0}) + "\n")
@@ -244,7 +243,7 @@ def test_posttrain_bad_inputs_are_one_line_errors(tmp_path, capsys):
     assert main(["-q", "posttrain", "--world-model", wm, "--idm", wm, "--data", data, "--out", str(tmp_path / "o")]) == 2
     assert "not 'idm'" in capsys.readouterr().err
     assert main(["-q", "posttrain", "--world-model", wm, "--idm", idm, "--data", data, "--out", str(tmp_path / "o"),
-                 "--set", "num_generations=3", "--set", "gradient_accumulation_steps=4"]) == 2
+                 "--set", "num_generations=3", "--set", "gradient_accumulation_steps=5"]) == 2
     assert "gradient_accumulation_steps" in capsys.readouterr().err
     assert main(["-q", "posttrain", "--world-model", wm, "--idm", idm, "--data", data, "--out", str(tmp_path / "o"),
                  "--set", "rewards.lpips=1"]) == 2
