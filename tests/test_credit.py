@@ -205,3 +205,30 @@ def test_resume_with_other_settings_is_refused(tmp_path, capsys):
     assert "lr" in err and "new --out" in err and "Traceback" not in err
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == before          # nothing written
     assert main([*base, "--set", "steps=2"]) == 0                               # a longer budget is a resume
+
+
+def test_f1_gain_is_the_derivative_of_pooled_macro_f1():
+    from rlir.eval.action_metrics import prf_from_confusion
+    from rlir.rl.rewards import f1_gain_weights
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 3, (300,), generator=g)
+    p = torch.where(torch.rand(300, generator=g) < 0.6, t, torch.randint(0, 3, (300,), generator=g))
+    W = f1_gain_weights(p, t, 3, prior=0.0).double().numpy()
+    C = np.bincount((t * 3 + p).numpy(), minlength=9).reshape(3, 3).astype(float)
+    for a in range(3):
+        for b in range(3):
+            C2 = C.copy()
+            C2[a, b] += 1e-5
+            fd = (prf_from_confusion(C2)["f1_macro"] - prf_from_confusion(C)["f1_macro"]) / 1e-5
+            assert W[a, b] == pytest.approx(fd, rel=1e-3, abs=1e-7)
+
+
+def test_f1_gain_pays_reading_the_actions_over_a_constant_reading():
+    """Within a batch, the rollout read correctly gains F1; one read as "no action" throughout does not."""
+    true = np.concatenate([_actions(seed=s) for s in range(4)])            # 4 clips
+    groups = shown_groups(["use"])
+    frozen = np.zeros_like(true)
+    frozen[..., 7:] = 5
+    pred = np.concatenate([true[:2], frozen[2:]])                           # 2 read right, 2 frozen
+    r = per_frame_inverse_reward(one_hot_logits(pred), torch.as_tensor(true), "f1_gain", groups).mean(-1)
+    assert r[:2].min() > r[2:].max()

@@ -14,6 +14,15 @@ r_i (returned by `per_frame_inverse_reward`, [B, n]), so frame-level credit can 
                     r_i = mean_g 1[a_hat_i^g == a_i^g] * n / (K_g * n_g(a_i^g))
                 with K_g the classes present in the clip and n_g(c) the frames of class c, so that
                 (1/n) sum_i r_i is exactly the balanced accuracy.
+  "f1_gain":    the first-order change of the pooled macro F1 (the evaluation's metric, MineWorld's
+                protocol) that each frame's IDM reading brings to the batch it is scored with: with C_g
+                the batch's pooled confusion matrix of group g (plus a small prior), and for class c
+                D_c = 2 TP_c + FP_c + FN_c, a frame of true class t read as p adds
+                    dF1/dTP_t = 2 (FP_t + FN_t) / D_t^2                   when p == t
+                    dF1/dFP_p + dF1/dFN_t = -2 TP_p / D_p^2 - 2 TP_t / D_t^2   otherwise,
+                averaged over the shown groups (camera as direction) and the classes present, in units
+                of 1/N (N frames in the batch). Its optimum is the batch's pooled F1, which a frozen
+                video does not reach (a constant reading has F1 2p/(1+p) on one class, 0 on the others).
 Why "balanced": `per_group` pays a frozen or uninformative video (the IDM then predicts "no action",
 which is right on most frames of rare groups), so "move less" scores as well as "follow the actions".
 Under balanced accuracy a constant prediction scores 1/K_g on every group with K_g > 1 classes, the
@@ -25,7 +34,8 @@ import torch
 
 from rlir.actions import CAMERA_NULL_BIN, GROUPS, N_CLASSES
 
-MODES = ("all", "per_group", "loglik", "balanced")
+MODES = ("all", "per_group", "loglik", "balanced", "f1_gain")
+POOLED = ("f1_gain",)          # modes whose value depends on the whole batch scored together
 CAMERA = (7, 8)
 
 
@@ -55,6 +65,21 @@ def balanced_accuracy_per_frame(pred: torch.Tensor, true: torch.Tensor, n_classe
     return (pred == true).float() * weight
 
 
+def f1_gain_weights(pred: torch.Tensor, true: torch.Tensor, n_classes: int, prior: float = 0.5) -> torch.Tensor:
+    """One group's pooled readings (any shape, class ids) -> W [K, K] with W[t, p] the first-order change
+    of macro F1 (over the classes present) when one more frame of true class t is read as p."""
+    C = torch.bincount((true.flatten() * n_classes + pred.flatten()).long(), minlength=n_classes ** 2)
+    present = (C.view(n_classes, n_classes).sum(0) + C.view(n_classes, n_classes).sum(1)) > 0
+    C = C.view(n_classes, n_classes).double() + prior * present[:, None] * present[None, :]
+    tp = C.diag()
+    fp, fn = C.sum(0) - tp, C.sum(1) - tp
+    D = (2 * tp + fp + fn).clamp(min=1e-9)
+    d_tp, d_err = 2 * (fp + fn) / D ** 2, -2 * tp / D ** 2      # d_err: both dF1/dFP and dF1/dFN
+    W = d_err[None, :] + d_err[:, None]                           # W[t, p] = dFP_p + dFN_t
+    W.diagonal().copy_(d_tp)
+    return (W / present.sum().clamp(min=1)).float()
+
+
 def per_frame_inverse_reward(logits: list[torch.Tensor], actions: torch.Tensor, mode: str = "all",
                              groups: tuple[int, ...] | None = None) -> torch.Tensor:
     """logits: per group [B, n, K_g]; actions [B, >=n, 9] -> per-frame reward [B, n] (float32).
@@ -69,6 +94,8 @@ def per_frame_inverse_reward(logits: list[torch.Tensor], actions: torch.Tensor, 
                           for g, lg in enumerate(logits)], -1)              # [B, n, 9]
         return lp.sum(-1)
     pred = torch.stack([lg.argmax(-1) for lg in logits], -1)                # [B, n, 9]
+    if mode == "f1_gain":
+        return f1_gain_per_frame(pred, true, groups)
     if mode == "balanced":
         groups = tuple(range(len(GROUPS))) if groups is None else tuple(groups)
         if not groups:
@@ -82,6 +109,19 @@ def per_frame_inverse_reward(logits: list[torch.Tensor], actions: torch.Tensor, 
         return torch.stack(per, -1).mean(-1)
     match = pred == true
     return match.all(-1).float() if mode == "all" else match.float().mean(-1)
+
+
+def f1_gain_per_frame(pred: torch.Tensor, true: torch.Tensor, groups: tuple[int, ...] | None = None) -> torch.Tensor:
+    """pred, true [B, n, 9] -> [B, n]: each frame's first-order share of the batch's pooled macro F1, x N."""
+    groups = tuple(range(len(GROUPS))) if groups is None else tuple(groups)
+    per = []
+    for g in groups:
+        p, t, k = pred[..., g], true[..., g], N_CLASSES[g]
+        if g in CAMERA:
+            p, t, k = _direction(p), _direction(t), 3
+        W = f1_gain_weights(p, t, k).to(pred.device)
+        per.append(W[t, p] * t.numel())
+    return torch.stack(per, -1).mean(-1)
 
 
 def inverse_reward(logits: list[torch.Tensor], actions: torch.Tensor, mode: str = "all",
@@ -116,8 +156,14 @@ class InverseReward:
         out = []
         for s in range(0, len(frames), self.batch_size):
             logits = self.idm(frames[s:s + self.batch_size].to(self.device))
+            if self.mode in POOLED:          # the readings first; the batch's pool decides the reward
+                out.append(torch.stack([lg.argmax(-1) for lg in logits], -1).cpu())
+                continue
             out.append(per_frame_inverse_reward(logits, actions[s:s + self.batch_size].to(self.device), self.mode,
                                                 self.groups).cpu())
+        if self.mode in POOLED:
+            pred = torch.cat(out)
+            return f1_gain_per_frame(pred, actions[:, :pred.shape[1]].long(), self.groups)
         return torch.cat(out)
 
     def __call__(self, frames, actions) -> torch.Tensor:

@@ -217,8 +217,13 @@ class Posttrainer:
         self.reward_fns, self.reward_weights = reward_fns or build_reward_fns(cfg, self.idm, null_groups)
         # the probe scores in the training reward's mode (the inverse reward's), so probe and judge
         # compare with `reward`
-        self.probe_reward = InverseReward(self.idm, cfg.reward_mode, device=dev, null_groups=null_groups)
-        self.judge_reward = (InverseReward(self.judge, cfg.reward_mode, device=dev, null_groups=null_groups)
+        # (a pooled mode's value means little on a few probe clips: those log the balanced reward), and
+        # the probe's pooled shown-group F1, the evaluation's metric
+        from rlir.rl.rewards import POOLED
+        probe_mode = "balanced" if cfg.reward_mode in POOLED else cfg.reward_mode
+        self.null_groups = null_groups
+        self.probe_reward = InverseReward(self.idm, probe_mode, device=dev, null_groups=null_groups)
+        self.judge_reward = (InverseReward(self.judge, probe_mode, device=dev, null_groups=null_groups)
                              if self.judge is not None else None)
         clip_len = getattr(self.mcfg, "clip_len", cfg.frames)
         if cfg.frames > clip_len:
@@ -405,7 +410,17 @@ class Posttrainer:
         if self.judge_reward is not None:
             scores["judge/reward"] = self.judge_reward(ro.video, actions)
         n = len(self.probe["frames"])
-        return {k: d.mean({k: float(v.sum()) * d.world / n})[k] for k, v in scores.items()}
+        out = {k: d.mean({k: float(v.sum()) * d.world / n})[k] for k, v in scores.items()}
+        if d.world == 1:              # pooled F1 needs every probe clip's reading in one place
+            from rlir.eval.action_metrics import action_metrics
+            from rlir.training.idm_trainer import predict
+            true = actions[:, :self.cfg.frames - 1].numpy()
+            for key, idm in (("probe", self.idm), ("judge", self.judge)):
+                if idm is not None:
+                    m = action_metrics(predict(idm, ro.video.numpy()), true, n_boot=0,
+                                       exclude_groups=self.null_groups)["metrics"]
+                    out[f"{key}/f1_shown"] = m.get("f1_macro_shown", m["f1_macro"])
+        return out
 
     def media(self, step: int, runlog: RunLog) -> None:
         if not self.d.main:
