@@ -3,7 +3,8 @@
     python bench/idm_bench.py --idm runs/idm_reward/checkpoints/best --data runs/idm_data [--judge CKPT]
                               [--world-model WM_CKPT]
 
-For each IDM and every reward mode (all, per_group, loglik, balanced): the inverse reward on real
+For each IDM, the pooled shown-group macro F1 of each video set (what `f1_gain` climbs), and for
+every per-clip reward mode (all, per_group, loglik, balanced): the inverse reward on real
 clips, on the base world model's videos of the same clips (`--world-model`, evaluation sampler), and
 on shortcut videos that a reward must not pay: two frames swapped, frozen (frame 0 repeated),
 mirrored left-right, darkened to half brightness, blurred, Gaussian noise. A reward is fit to
@@ -28,7 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rlir.data.sampler import fixed_clips, load_clips  # noqa: E402
 from rlir.data.store import EpisodeStore  # noqa: E402
 from rlir.eval.generate import bootstrap_ci  # noqa: E402
-from rlir.rl.rewards import MODES, InverseReward  # noqa: E402
+from rlir.eval.action_metrics import action_metrics  # noqa: E402
+from rlir.rl.rewards import MODES, POOLED, InverseReward  # noqa: E402
+from rlir.training.idm_trainer import predict  # noqa: E402
 from rlir.training.idm_trainer import load_idm  # noqa: E402
 
 
@@ -90,7 +93,16 @@ def main() -> None:
             continue
         model, cfg = load_idm(path)
         out = {"checkpoint": path, "arch": cfg["arch"], "sensitivity": {}, "ranking": {}}
-        for mode in MODES:
+        # f1_gain is a share of a batch's pooled F1: the set's pooled shown-group F1 is what it climbs
+        f1 = {}
+        for kind, f in videos.items():
+            m = action_metrics(predict(model, f), actions[:, :15].astype(np.int64), n_boot=200, seed=a.seed,
+                               exclude_groups=null)
+            key = "f1_macro_shown" if null else "f1_macro"
+            f1[kind] = {"mean": m["metrics"][key], "ci95": m["ci95"][key]}
+        out["pooled_f1_shown"] = f1
+        print(role, "pooled F1 (shown)", {k: round(v["mean"], 3) for k, v in f1.items()})
+        for mode in (m for m in MODES if m not in POOLED):
             reward = InverseReward(model, mode=mode, batch_size=64, null_groups=null)
             row, per = {}, {}
             for kind, f in videos.items():

@@ -232,3 +232,26 @@ def test_f1_gain_pays_reading_the_actions_over_a_constant_reading():
     pred = np.concatenate([true[:2], frozen[2:]])                           # 2 read right, 2 frozen
     r = per_frame_inverse_reward(one_hot_logits(pred), torch.as_tensor(true), "f1_gain", groups).mean(-1)
     assert r[:2].min() > r[2:].max()
+
+
+def test_branching_rollouts_share_everything_but_the_branch_frame():
+    from rlir.utils.rand import GroupGenerators
+    model, codec = _ar_parts()
+    pol = ARPolicy(model, AR, codec, T, top_p=0.9)
+    frame0, actions = _prompt(2)
+    G = 4
+    f0, act = frame0.repeat_interleave(G, 0), actions.repeat_interleave(G, 0)
+    ro = pol.rollout_branch(f0, act, GroupGenerators([1, 2], G), G)
+    k = int(ro.data["branch_frame"][0])
+    N, blk = AR.tokens_per_frame, AR.block
+    assert 1 <= k < T and ro.data["tokens"].shape[1] == k * blk + N
+    assert (ro.data["mask"][:, :k * blk] == 0).all() and (ro.data["mask"][:, k * blk:] == 1).all()
+    for p in range(2):
+        grp = ro.video[p * G:(p + 1) * G]
+        others = [t for t in range(T) if t != k]
+        assert (grp[:, others] == grp[:1, others]).all()              # shared frames
+        toks = ro.data["tokens"][p * G:(p + 1) * G, k * blk:]
+        assert len({tuple(x.tolist()) for x in toks}) > 1              # the branch frame differs
+    adv = torch.randn(2 * G, T - 1)
+    m = pol.accumulate(ro, adv, 1.0)
+    assert m["ratio_mean"] == 1.0 and m["logp_mismatch"] < 1e-4

@@ -164,6 +164,24 @@ def sample(model, cfg: ARConfig, codes0: torch.Tensor, actions: torch.Tensor, fr
     return Rollout(torch.cat(toks, 1), torch.cat(logps, 1), torch.cat(mask, 1))
 
 
+@torch.no_grad()
+def sample_frame(model, cfg: ARConfig, prefix: torch.Tensor, temperature: float = 1.0, top_p: float = 0.8,
+                 generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One frame's visual tokens after `prefix` [B, L] (which ends with the action leading into it):
+    (tokens [B, N], their log-probs [B, N]); the branching rollouts of RL draw G of these per prefix."""
+    from rlir.utils.rand import multinomial
+    feed, cache, toks, lps = prefix.long(), None, [], []
+    for _ in range(cfg.tokens_per_frame):
+        out = model(input_ids=feed, past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        lp = policy_logprobs(out.logits[:, -1], cfg.n_codes, temperature, top_p)
+        tok = multinomial(lp.exp(), 1, generator)
+        toks.append(tok)
+        lps.append(lp.gather(-1, tok))
+        feed = tok
+    return torch.cat(toks, 1), torch.cat(lps, 1)
+
+
 def score(model, cfg: ARConfig, tokens: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0,
           top_p: float = 0.8) -> torch.Tensor:
     """Teacher-forced log pi(token) [B, S] of a rollout in one forward pass, with gradient; 0 where mask is 0."""

@@ -82,10 +82,12 @@ def token_advantages(adv: torch.Tensor, seq_len: int, tokens_per_frame: int, blo
     if adv.dim() == 1:
         return adv
     out = adv.new_zeros(adv.shape[0], seq_len)
-    for t in range(adv.shape[1]):
+    for t in range(adv.shape[1]):      # a sequence cut after a frame (branching rollouts) takes the frames it has
         s = (t + 1) * block
         if s >= seq_len:
-            raise ValueError(f"{adv.shape[1]} frame advantages do not fit a sequence of {seq_len} tokens")
+            break
+        if s + tokens_per_frame > seq_len:
+            raise ValueError(f"a sequence of {seq_len} tokens ends inside frame {t + 1}")
         out[:, s:s + tokens_per_frame] = adv[:, t:t + 1]
     return out
 

@@ -242,6 +242,24 @@ class PixelReward:
         return self.per_frame(generated, real, actions).mean(-1)
 
 
+class BrightnessMatch:
+    """A fidelity guard, not a quality score: -|mean brightness of generated frame t - that of real frame t|
+    / 255, per frame 1..T-1. Post-training a tiny world model on an IDM reward drifts darker (a dark frame
+    reads as "no action"); next to the inverse reward, this term makes that drift cost reward."""
+
+    def __init__(self):
+        self.name = "brightness_match"
+
+    @torch.no_grad()
+    def per_frame(self, generated, real, actions) -> torch.Tensor:
+        g = torch.as_tensor(generated)[:, 1:].float().flatten(2).mean(2)
+        r = torch.as_tensor(real)[:, 1:].float().flatten(2).mean(2)
+        return -(g - r).abs() / 255
+
+    def __call__(self, generated, real, actions) -> torch.Tensor:
+        return self.per_frame(generated, real, actions).mean(-1)
+
+
 class PreferenceReward:
     """A learned-preference reward (VideoAlign-like): any model that scores a video, [B,T,H,W,3] uint8 -> [B].
 

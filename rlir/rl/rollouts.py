@@ -64,6 +64,38 @@ class ARPolicy:
         video[:, 0] = frame0
         return Rollouts(video, actions, {"tokens": r.tokens, "logps": r.logps, "mask": r.mask})
 
+    @torch.no_grad()
+    def rollout_branch(self, frame0: torch.Tensor, actions: torch.Tensor, generator, group_size: int) -> Rollouts:
+        """Branching at one frame (AR-CoPO's, WorldCompass's cheaper credit): per group, one rollout of all
+        frames is shared; at a branch frame k (one per call, 1..T-1, drawn from the first group's
+        generator) the group's G members each draw their own frame k after the shared frames 0..k-1,
+        and keep the shared frames after it. Only frame k's tokens are trained (the mask), the
+        sequences are cut after frame k, and the alternatives differ in nothing else: a branch costs
+        one frame instead of T-1, and the reward differences within a group are frame k's doing."""
+        from rlir.models.ar_world_model import sample, sample_frame, split_frames
+        from rlir.utils.rand import rand
+        dev = next(self.model.parameters()).device
+        G, N, blk = group_size, self.cfg.tokens_per_frame, self.cfg.block
+        lead = torch.arange(0, len(frame0), G)
+        codes0 = self.codec.encode(frame0[lead].to(dev))
+        shared = sample(self.model, self.cfg, codes0, actions[lead].to(dev), frames=self.frames,
+                        temperature=self.temperature, top_p=self.top_p, generator=generator.regroup(1))
+        k = 1 + int(rand((1,), generator.gens[0], generator.device).item() * (self.frames - 1))
+        start = k * blk
+        prefix = shared.tokens[:, :start].repeat_interleave(G, 0)
+        tok, lp = sample_frame(self.model, self.cfg, prefix, self.temperature, self.top_p, generator)
+        full = shared.tokens.repeat_interleave(G, 0).clone()
+        full[:, start:start + N] = tok
+        video = self.codec.decode(split_frames(full, self.cfg)).cpu()
+        video[:, 0] = frame0
+        tokens = full[:, :start + N]
+        mask = torch.zeros(tokens.shape, device=dev)
+        mask[:, start:] = 1.0
+        logps = torch.zeros(tokens.shape, device=dev)
+        logps[:, start:] = lp
+        return Rollouts(video, actions, {"tokens": tokens, "logps": logps, "mask": mask,
+                                         "branch_frame": torch.full((len(video),), k)})
+
     def rollout_stats(self, ro: Rollouts) -> dict:
         """The policy's token entropy, estimated as -E[log pi] over the sampled visual tokens (its fall with
         any reward, the random control's included, is drift rather than learning)."""

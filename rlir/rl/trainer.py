@@ -31,7 +31,7 @@ from rlir.training.loop import (LR_SCHEDULES, LoopConfig, RunLog, load_train_sta
 
 log = logging.getLogger("rlir.posttrain")
 
-REWARDS = ("inverse", "pixel_l1_ssim", "preference", "random")
+REWARDS = ("inverse", "pixel_l1_ssim", "brightness_match", "preference", "random")
 ADVANTAGES = ("sequence", "frame")
 
 
@@ -65,6 +65,8 @@ class GRPOConfig(LoopConfig):
     rewards: dict[str, float] = field(default_factory=lambda: {"inverse": 1.0})
     reward_mode: str = "all"                 # inverse reward: all | per_group | loglik | balanced
     advantage: str = "sequence"              # sequence: one advantage per rollout | frame: per generated frame
+    rollout_mode: str = "full"               # full: G whole rollouts per prompt | branch: G alternatives of one
+                                             # frame after a shared rollout's prefix (AR; frame credit)
     gamma: float = 0.0                       # frame advantages: reward-to-go discount (0: the frame's own reward)
     preference_fn: str | None = None         # "module:function" scoring a video, for the preference reward
     prompt_clips: int = 0                    # 0: any training window; N: a fixed set of N training clips
@@ -117,6 +119,11 @@ class GRPOConfig(LoopConfig):
             raise ConfigError(f"advantage must be one of {ADVANTAGES}, got {self.advantage!r}")
         if not 0 <= self.gamma <= 1:
             raise ConfigError(f"gamma must be in [0, 1], got {self.gamma}")
+        if self.rollout_mode not in ("full", "branch"):
+            raise ConfigError(f"rollout_mode must be full or branch, got {self.rollout_mode!r}")
+        if self.rollout_mode == "branch" and (self.advantage != "frame" or self.dynamic_sampling == "resample"):
+            raise ConfigError("rollout_mode: branch needs advantage: frame (the branch frame's own reward) and "
+                              "no dynamic_sampling: resample")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.num_iterations < 1 or self.frames < 2:
@@ -124,11 +131,12 @@ class GRPOConfig(LoopConfig):
 
 
 def build_reward_fns(cfg: GRPOConfig, idm, null_groups=()) -> tuple[list, list[float]]:
-    from rlir.rl.rewards import InverseRewardFn, PixelReward, PreferenceReward, RandomReward
+    from rlir.rl.rewards import BrightnessMatch, InverseRewardFn, PixelReward, PreferenceReward, RandomReward
     fns, weights = [], []
     for name, w in cfg.rewards.items():
         fns.append(InverseRewardFn(idm, cfg.reward_mode, device=cfg.device, null_groups=null_groups)
                    if name == "inverse" else PixelReward() if name == "pixel_l1_ssim" else
+                   BrightnessMatch() if name == "brightness_match" else
                    RandomReward(cfg.seed) if name == "random" else PreferenceReward(cfg.preference_fn))
         weights.append(float(w))
     return fns, weights
@@ -202,6 +210,8 @@ class Posttrainer:
         self.cfg, dev = cfg, cfg.device
         self.wm_config = read_config(cfg.world_model, kind="world_model")
         self.paradigm = self.wm_config["paradigm"]
+        if cfg.rollout_mode == "branch" and self.paradigm != "ar":
+            raise ConfigError("rollout_mode: branch is implemented for the AR world model only")
         self.model, self.mcfg, self.codec = load_world_model_checkpoint(cfg.world_model, dev)
         for p in self.codec.parameters():
             p.requires_grad_(False)
@@ -273,7 +283,8 @@ class Posttrainer:
         actions = torch.from_numpy(clips["actions"].astype(np.int64)).repeat_interleave(cfg.num_generations, 0)
         self.model.eval()
         with self.d.autocast():
-            ro = self.policy.rollout(real[:, 0], actions, g)
+            ro = (self.policy.rollout_branch(real[:, 0], actions, g, cfg.num_generations)
+                  if cfg.rollout_mode == "branch" else self.policy.rollout(real[:, 0], actions, g))
         from rlir.rl.rewards import combine_rewards
         rewards, parts = combine_rewards(self.reward_fns, self.reward_weights, ro.video, real, actions,
                                          per_frame=cfg.advantage == "frame")
@@ -452,7 +463,8 @@ class Posttrainer:
 RESUME_KEEPS = ("world_model", "idm", "judge", "data", "frames", "seed", "batch_size", "num_generations",
                 "num_iterations", "gradient_accumulation_steps", "lr", "lr_schedule", "warmup", "weight_decay",
                 "max_grad_norm", "beta", "epsilon", "epsilon_high", "loss_type", "scale_rewards", "temperature",
-                "top_p", "rewards", "reward_mode", "advantage", "gamma", "preference_fn", "prompt_clips",
+                "top_p", "rewards", "reward_mode", "advantage", "gamma", "rollout_mode", "preference_fn",
+                "prompt_clips",
                 "dynamic_sampling", "max_resample_rounds", "sde_steps", "noise_level", "timestep_fraction",
                 "clip_range", "adv_clip_max", "parallel", "precision")
 

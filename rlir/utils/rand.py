@@ -18,6 +18,12 @@ class GroupGenerators:
         self.size = group_size
         self.gens = [torch.Generator(device=self.device).manual_seed(int(s) % 2**63) for s in seeds]
 
+    def regroup(self, group_size: int) -> "GroupGenerators":
+        """The same generators (their streams shared, not copied) drawing `group_size` rows per group."""
+        view = object.__new__(GroupGenerators)
+        view.device, view.size, view.gens = self.device, group_size, self.gens
+        return view
+
     def __len__(self) -> int:          # rows covered
         return self.size * len(self.gens)
 
