@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rlir.actions import GROUPS  # noqa: E402
 from rlir.data.sampler import load_clips  # noqa: E402
 from rlir.data.store import EpisodeStore  # noqa: E402
-from rlir.eval.action_metrics import DISCRETE, _summary, confusions  # noqa: E402
+from rlir.eval.action_metrics import DISCRETE, _summary, confusions, prf_from_confusion  # noqa: E402
 from rlir.eval.generate import bootstrap_ci, load_world_model, psnr_per_clip  # noqa: E402
 from rlir.rl.rewards import per_frame_inverse_reward, shown_groups  # noqa: E402
 from rlir.training.idm_trainer import load_idm  # noqa: E402
@@ -95,10 +95,13 @@ def action_table(pred: np.ndarray, true: np.ndarray, shown, boots: np.ndarray, b
     full = pooled(cms, np.arange(len(pred)), shown)
     samples = [pooled(cms, b, shown) for b in boots]
     res = {k: {"mean": full[k], "ci95": _pct([s[k] for s in samples])} for k in HEADLINE}
+    res["per_group_f1"] = {GROUPS[g]: prf_from_confusion(cms[g].sum(0))["f1_macro"] for g in shown}
     if base_pred is not None:
         bcms = confusions(base_pred, true)
         bfull = pooled(bcms, np.arange(len(pred)), shown)
         bsamples = [pooled(bcms, b, shown) for b in boots]
+        res["per_group_f1_minus_base"] = {GROUPS[g]: res["per_group_f1"][GROUPS[g]] -
+                                          prf_from_confusion(bcms[g].sum(0))["f1_macro"] for g in shown}
         for k in HEADLINE:
             d = [s[k] - bs[k] for s, bs in zip(samples, bsamples)]
             res[k]["minus_base"] = {"mean": full[k] - bfull[k], "ci95": _pct(d)}

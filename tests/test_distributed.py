@@ -161,7 +161,8 @@ def test_posttraining_on_two_processes_matches_one(tmp_path, data, paradigm, par
 def test_batch_that_does_not_split_evenly_is_a_clear_error(tmp_path, data):
     wm, idm = _checkpoints(tmp_path)
     args = ["posttrain", "--world-model", wm, "--idm", idm, "--data", data, "--out", str(tmp_path / "o"),
-            "--set", "batch_size=3", "--set", "frames=4", "--set", "num_generations=2"]
+            "--set", "batch_size=3", "--set", "frames=4", "--set", "num_generations=2",
+            "--set", "gradient_accumulation_steps=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                         "-m", "rlir", "-q", *args], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)

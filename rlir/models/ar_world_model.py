@@ -133,9 +133,11 @@ def sample(model, cfg: ARConfig, codes0: torch.Tensor, actions: torch.Tensor, fr
            temperature: float = 1.0, top_p: float = 0.8, generator=None) -> Rollout:
     """Roll the world model out from frame 0's codes [B, N] under actions [B, >=frames-1, 9].
 
-    Token by token with a KV cache; the real action tokens are forced in after each frame.
+    Token by token with a preallocated KV cache (rlir/models/kv_decoder.py); the real action tokens
+    are forced in after each frame.
     generator: a torch.Generator, or GroupGenerators (rlir/utils/rand.py) for per-group draws.
     """
+    from rlir.models.kv_decoder import KVDecoder, gathered
     from rlir.utils.rand import multinomial
     frames = frames or cfg.clip_len
     B, N, dev = codes0.shape[0], cfg.tokens_per_frame, codes0.device
@@ -143,24 +145,24 @@ def sample(model, cfg: ARConfig, codes0: torch.Tensor, actions: torch.Tensor, fr
     zero_a = torch.zeros(B, TOKENS_PER_ACTION, device=dev)
     toks, logps, mask = [codes0.long(), act[:, 0]], [torch.zeros(B, N, device=dev), zero_a], \
         [torch.zeros(B, N, device=dev), zero_a]
-    feed, cache = torch.cat([codes0.long(), act[:, 0]], 1), None
-    for t in range(1, frames):
-        frame_toks, frame_lp = [], []
-        for j in range(N):
-            out = model(input_ids=feed, past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
-            lp = policy_logprobs(out.logits[:, -1], cfg.n_codes, temperature, top_p)
-            tok = multinomial(lp.exp(), 1, generator)                                    # [B, 1]
-            frame_toks.append(tok)
-            frame_lp.append(lp.gather(-1, tok))
-            feed = tok if j < N - 1 else (torch.cat([tok, act[:, t]], 1) if t < frames - 1 else None)
-        toks.append(torch.cat(frame_toks, 1))
-        logps.append(torch.cat(frame_lp, 1))
-        mask.append(torch.ones(B, N, device=dev))
-        if t < frames - 1:
-            toks.append(act[:, t])
-            logps.append(zero_a)
-            mask.append(zero_a)
+    feed = torch.cat([codes0.long(), act[:, 0]], 1)
+    with gathered(model):
+        dec = KVDecoder(model, B, cfg.seq_len(frames))
+        for t in range(1, frames):
+            frame_toks, frame_lp = [], []
+            for j in range(N):
+                lp = policy_logprobs(dec(feed), cfg.n_codes, temperature, top_p)
+                tok = multinomial(lp.exp(), 1, generator)                                # [B, 1]
+                frame_toks.append(tok)
+                frame_lp.append(lp.gather(-1, tok))
+                feed = tok if j < N - 1 else (torch.cat([tok, act[:, t]], 1) if t < frames - 1 else None)
+            toks.append(torch.cat(frame_toks, 1))
+            logps.append(torch.cat(frame_lp, 1))
+            mask.append(torch.ones(B, N, device=dev))
+            if t < frames - 1:
+                toks.append(act[:, t])
+                logps.append(zero_a)
+                mask.append(zero_a)
     return Rollout(torch.cat(toks, 1), torch.cat(logps, 1), torch.cat(mask, 1))
 
 
@@ -169,16 +171,17 @@ def sample_frame(model, cfg: ARConfig, prefix: torch.Tensor, temperature: float 
                  generator=None) -> tuple[torch.Tensor, torch.Tensor]:
     """One frame's visual tokens after `prefix` [B, L] (which ends with the action leading into it):
     (tokens [B, N], their log-probs [B, N]); the branching rollouts of RL draw G of these per prefix."""
+    from rlir.models.kv_decoder import KVDecoder, gathered
     from rlir.utils.rand import multinomial
-    feed, cache, toks, lps = prefix.long(), None, [], []
-    for _ in range(cfg.tokens_per_frame):
-        out = model(input_ids=feed, past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
-        lp = policy_logprobs(out.logits[:, -1], cfg.n_codes, temperature, top_p)
-        tok = multinomial(lp.exp(), 1, generator)
-        toks.append(tok)
-        lps.append(lp.gather(-1, tok))
-        feed = tok
+    feed, toks, lps = prefix.long(), [], []
+    with gathered(model):
+        dec = KVDecoder(model, len(prefix), prefix.shape[1] + cfg.tokens_per_frame)
+        for _ in range(cfg.tokens_per_frame):
+            lp = policy_logprobs(dec(feed), cfg.n_codes, temperature, top_p)
+            tok = multinomial(lp.exp(), 1, generator)
+            toks.append(tok)
+            lps.append(lp.gather(-1, tok))
+            feed = tok
     return torch.cat(toks, 1), torch.cat(lps, 1)
 
 

@@ -354,7 +354,7 @@ class Posttrainer:
                 bad = False
                 half = None
                 for c, (chunk, a) in enumerate(chunks):
-                    if it == 0 and len(chunks) >= 2 and c == len(chunks) // 2:
+                    if it == 0 and len(chunks) >= 2 and c == len(chunks) // 2 and not self.sharded:
                         half = _grads(self.model)            # the first half of the batch's gradient
                     with d.autocast():
                         m = self.policy.accumulate(chunk, a, len(a) * w, self.ref)
