@@ -57,9 +57,11 @@ class KVDecoder:
         self.head_dim = attn.head_dim
         self.scaling = attn.scaling
         p = next(model.parameters())
+        # float32 whatever the weights (bf16 rollouts: the projections in bf16, attention in float32);
+        # keys stored transposed, [.., head_dim, max_len], so q @ K^T reads a prefix without a copy
         shape = (len(lm.layers), batch, self.kv_heads, max_len, self.head_dim)
-        self.k = torch.zeros(shape, dtype=p.dtype, device=p.device)
-        self.v = torch.zeros(shape, dtype=p.dtype, device=p.device)
+        self.kt = torch.zeros(shape[:3] + (self.head_dim, max_len), dtype=torch.float32, device=p.device)
+        self.v = torch.zeros(shape, dtype=torch.float32, device=p.device)
         self.pos, self.max_len, self.batch = 0, max_len, batch
 
     @torch.no_grad()
@@ -84,15 +86,18 @@ class KVDecoder:
             q = a.q_proj(h).view(B, n, self.heads, self.head_dim).transpose(1, 2)
             k = a.k_proj(h).view(B, n, self.kv_heads, self.head_dim).transpose(1, 2)
             v = a.v_proj(h).view(B, n, self.kv_heads, self.head_dim).transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin                            # RoPE
+            q = (q * cos + _rotate_half(q) * sin).float()                  # RoPE
             k = k * cos + _rotate_half(k) * sin
-            self.k[li, :, :, s:e] = k
+            self.kt[li, :, :, :, s:e] = k.transpose(-1, -2)
             self.v[li, :, :, s:e] = v
-            K, V = self.k[li, :, :, :e], self.v[li, :, :, :e]
+            Kt, V = self.kt[li, :, :, :, :e], self.v[li, :, :, :e]
             if rep > 1:
-                K, V = K.repeat_interleave(rep, 1), V.repeat_interleave(rep, 1)
-            o = F.scaled_dot_product_attention(q, K, V, attn_mask=mask, scale=self.scaling)
-            x = x + a.o_proj(o.transpose(1, 2).reshape(B, n, -1))
+                Kt, V = Kt.repeat_interleave(rep, 1), V.repeat_interleave(rep, 1)
+            if n == 1:     # decoding one token: a plain matrix-vector attention beats the CPU's flash kernel
+                o = torch.softmax((q @ Kt) * self.scaling, dim=-1) @ V
+            else:
+                o = F.scaled_dot_product_attention(q, Kt.transpose(-1, -2), V, attn_mask=mask, scale=self.scaling)
+            x = x + a.o_proj(o.to(x.dtype).transpose(1, 2).reshape(B, n, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         self.pos = e
         return self.model.lm_head(lm.norm(x[:, -1])).float()
