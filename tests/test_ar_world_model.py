@@ -49,6 +49,26 @@ def test_sampler_and_scorer_agree(top_p, temperature):
     assert (r.logps[r.mask > 0] < 0).all()                   # real log-probs where generated
 
 
+def test_kv_decoder_matches_the_full_forward():
+    """The static-cache decoder, fed a prefix and then token by token (and in chunks), gives the logits of
+    `transformers`' teacher-forced forward at every position; a bf16 copy stays close."""
+    from rlir.models.kv_decoder import KVDecoder
+    model = _model()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, CFG.vocab_size, (2, 20), generator=g)
+    full = model(input_ids=ids).logits.float()
+    dec = KVDecoder(model, 2, 20)
+    assert torch.allclose(dec(ids[:, :7]), full[:, 6], atol=1e-5)
+    for i in range(7, 12):
+        assert torch.allclose(dec(ids[:, i:i + 1]), full[:, i], atol=1e-5)
+    assert torch.allclose(dec(ids[:, 12:20]), full[:, 19], atol=1e-5)          # a chunk after the prefix
+    with pytest.raises(ValueError, match="full"):
+        dec(ids[:, :1])
+    import copy
+    half = KVDecoder(copy.deepcopy(model).to(torch.bfloat16), 2, 20)
+    assert (half(ids).float() - full[:, 19]).abs().max() < 0.1
+
+
 def test_mask_excludes_action_tokens_and_prompt():
     model = _model()
     r, _, _ = _rollout(model)

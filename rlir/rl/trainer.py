@@ -68,6 +68,7 @@ class GRPOConfig(LoopConfig):
     rollout_mode: str = "full"               # full: G whole rollouts per prompt | branch: G alternatives of one
                                              # frame after a shared rollout's prefix (AR; frame credit)
     gamma: float = 0.0                       # frame advantages: reward-to-go discount (0: the frame's own reward)
+    rollout_precision: str = "fp32"          # fp32 | bf16: the AR training rollouts' weights (loss always fp32)
     preference_fn: str | None = None         # "module:function" scoring a video, for the preference reward
     prompt_clips: int = 0                    # 0: any training window; N: a fixed set of N training clips
     dynamic_sampling: str = "none"           # none | drop (zero-std groups out of the loss) | resample
@@ -119,6 +120,8 @@ class GRPOConfig(LoopConfig):
             raise ConfigError(f"advantage must be one of {ADVANTAGES}, got {self.advantage!r}")
         if not 0 <= self.gamma <= 1:
             raise ConfigError(f"gamma must be in [0, 1], got {self.gamma}")
+        if self.rollout_precision not in ("fp32", "bf16"):
+            raise ConfigError(f"rollout_precision must be fp32 or bf16, got {self.rollout_precision!r}")
         if self.rollout_mode not in ("full", "branch"):
             raise ConfigError(f"rollout_mode must be full or branch, got {self.rollout_mode!r}")
         if self.rollout_mode == "branch" and (self.advantage != "frame" or self.dynamic_sampling == "resample"):
@@ -247,7 +250,8 @@ class Posttrainer:
                                   epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta,
                                   sde_steps=cfg.sde_steps, noise_level=cfg.noise_level,
                                   timestep_fraction=cfg.timestep_fraction, clip_range=cfg.clip_range,
-                                  adv_clip_max=cfg.adv_clip_max, eval_steps=cfg.eval_steps)
+                                  adv_clip_max=cfg.adv_clip_max, eval_steps=cfg.eval_steps,
+                                  rollout_precision=cfg.rollout_precision)
         self.ref = None
         if cfg.beta > 0:              # the frozen reference policy of the KL term (replicated on every rank)
             self.ref = copy.deepcopy(self.model).eval()
@@ -463,7 +467,8 @@ class Posttrainer:
 RESUME_KEEPS = ("world_model", "idm", "judge", "data", "frames", "seed", "batch_size", "num_generations",
                 "num_iterations", "gradient_accumulation_steps", "lr", "lr_schedule", "warmup", "weight_decay",
                 "max_grad_norm", "beta", "epsilon", "epsilon_high", "loss_type", "scale_rewards", "temperature",
-                "top_p", "rewards", "reward_mode", "advantage", "gamma", "rollout_mode", "preference_fn",
+                "top_p", "rewards", "reward_mode", "advantage", "gamma", "rollout_mode", "rollout_precision",
+                "preference_fn",
                 "prompt_clips",
                 "dynamic_sampling", "max_resample_rounds", "sde_steps", "noise_level", "timestep_fraction",
                 "clip_range", "adv_clip_max", "parallel", "precision")
