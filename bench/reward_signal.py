@@ -41,7 +41,7 @@ from rlir.training.wm_trainer import load_world_model_checkpoint  # noqa: E402
 from rlir.utils.checkpoint import read_config  # noqa: E402
 from rlir.utils.rand import GroupGenerators  # noqa: E402
 
-MODES = ("balanced", "per_group", "f1_gain", "loglik")
+MODES = ("balanced", "per_group", "f1_gain", "f1_gain_soft", "loglik")
 
 
 def centred(x: np.ndarray, G: int) -> np.ndarray:
@@ -87,6 +87,7 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=32, help="rollouts per sampler call")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reuse-videos", action="store_true", help="keep the rollouts next to --out and reuse them")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     t0 = time.time()
@@ -102,14 +103,18 @@ def main() -> None:
     policy = make_policy(paradigm, model, mcfg, codec, a.frames, temperature=a.temperature, top_p=a.top_p)
     frames = torch.from_numpy(clips["frames"]).repeat_interleave(G, 0)
     actions = torch.from_numpy(clips["actions"].astype(np.int64)).repeat_interleave(G, 0)
-    videos = []
+    cache = Path(a.out).with_suffix(".videos.npy")
+    videos = [torch.from_numpy(np.load(cache))] if a.reuse_videos and cache.is_file() else []
     per_call = max(G, a.batch_size // G * G)
-    for s in range(0, len(frames), per_call):
+    for s in range(0, len(frames) if not videos else 0, per_call):
         sl = slice(s, s + per_call)
         gen = GroupGenerators([a.seed * 7919 + s // G + k for k in range(len(frames[sl]) // G)], G, "cpu")
         videos.append(policy.rollout(frames[sl, 0], actions[sl], gen).video)
         print(f"rolled out {s + len(frames[sl])}/{len(frames)}", flush=True)
     video = torch.cat(videos)
+    if a.reuse_videos:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, video.numpy())
     null = tuple(store.metadata.get("null_groups", {}))
     shown = shown_groups(null)
     idms = {"reward_idm": load_idm(a.idm, "cpu")[0].eval(), "judge": load_idm(a.judge, "cpu")[0].eval()}
@@ -122,8 +127,16 @@ def main() -> None:
               "sampler": {"temperature": a.temperature, "top_p": a.top_p},
               "rollout_brightness": float(video[:, 1:].float().mean()),
               "prompt_brightness": float(torch.from_numpy(clips["frames"][:, 1:]).float().mean()), "modes": {}}
+    per = {(k, mode): per_frame_inverse_reward(lg, actions, mode, shown).numpy()
+           for k, lg in logits.items() for mode in MODES}
+    # which training reward predicts the judge's argmax readings (what its F1 counts)?
+    report["cross_corr_frame"] = {f"{x} -> judge {y}": pooled_corr(centred(per["reward_idm", x], G),
+                                                                 centred(per["judge", y], G))
+                                  for x in MODES for y in ("balanced", "f1_gain")}
+    report["cross_corr_video"] = {f"{x} -> judge {y}": float(np.nanmean(group_corr(
+        per["reward_idm", x].mean(-1), per["judge", y].mean(-1), G))) for x in MODES for y in ("balanced", "f1_gain")}
     for mode in MODES:
-        r = {k: per_frame_inverse_reward(lg, actions, mode, shown).numpy() for k, lg in logits.items()}
+        r = {k: per[k, mode] for k in logits}
         rv = {k: v.mean(-1) for k, v in r.items()}
         cv = group_corr(rv["reward_idm"], rv["judge"], G)
         cf = pooled_corr(centred(r["reward_idm"], G), centred(r["judge"], G))
@@ -157,6 +170,8 @@ def main() -> None:
         ci = m["corr_video_ci95"]
         print(f"{mode:10s} {m['reward_idm_mean']:7.3f} {m['judge_mean']:7.3f} {m['reward_idm_std_video']:8.3f} "
               f"{m['reward_idm_std_frame']:8.3f} {m['corr_video']:6.3f} [{ci[0]:6.3f},{ci[1]:6.3f}] {m['corr_frame']:9.3f}")
+    for k, v in report["cross_corr_frame"].items():
+        print(f"  reward IDM {k:28s} within-group corr: frame {v:.3f}, video {report['cross_corr_video'][k]:.3f}")
     for g, m in groups.items():
         print(f"  {g:13s} right {m['reward_idm_right']:.3f} / judge {m['judge_right']:.3f}   "
               f"within-group corr {m['corr_frame']:.3f}   spread {m['reward_idm_std_frame']:.3f}")

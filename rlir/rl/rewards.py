@@ -34,8 +34,8 @@ import torch
 
 from rlir.actions import CAMERA_NULL_BIN, GROUPS, N_CLASSES
 
-MODES = ("all", "per_group", "loglik", "balanced", "f1_gain")
-POOLED = ("f1_gain",)          # modes whose value depends on the whole batch scored together
+MODES = ("all", "per_group", "loglik", "balanced", "f1_gain", "f1_gain_soft")
+POOLED = ("f1_gain", "f1_gain_soft")     # modes whose value depends on the whole batch scored together
 CAMERA = (7, 8)
 
 
@@ -69,8 +69,13 @@ def f1_gain_weights(pred: torch.Tensor, true: torch.Tensor, n_classes: int, prio
     """One group's pooled readings (any shape, class ids) -> W [K, K] with W[t, p] the first-order change
     of macro F1 (over the classes present) when one more frame of true class t is read as p."""
     C = torch.bincount((true.flatten() * n_classes + pred.flatten()).long(), minlength=n_classes ** 2)
-    present = (C.view(n_classes, n_classes).sum(0) + C.view(n_classes, n_classes).sum(1)) > 0
-    C = C.view(n_classes, n_classes).double() + prior * present[:, None] * present[None, :]
+    return f1_gain_weights_from_confusion(C.view(n_classes, n_classes).double(), prior)
+
+
+def f1_gain_weights_from_confusion(C: torch.Tensor, prior: float = 0.5) -> torch.Tensor:
+    """A pooled confusion matrix C [K, K] (true, read; counts or expected counts) -> W [K, K] as above."""
+    present = (C.sum(0) + C.sum(1)) > 0
+    C = C.double() + prior * present[:, None] * present[None, :]
     tp = C.diag()
     fp, fn = C.sum(0) - tp, C.sum(1) - tp
     D = (2 * tp + fp + fn).clamp(min=1e-9)
@@ -93,6 +98,8 @@ def per_frame_inverse_reward(logits: list[torch.Tensor], actions: torch.Tensor, 
         lp = torch.stack([torch.log_softmax(lg.float(), -1).gather(-1, true[..., g:g + 1]).squeeze(-1)
                           for g, lg in enumerate(logits)], -1)              # [B, n, 9]
         return lp.sum(-1)
+    if mode == "f1_gain_soft":
+        return f1_gain_soft_per_frame(logits, true, groups)
     pred = torch.stack([lg.argmax(-1) for lg in logits], -1)                # [B, n, 9]
     if mode == "f1_gain":
         return f1_gain_per_frame(pred, true, groups)
@@ -109,6 +116,36 @@ def per_frame_inverse_reward(logits: list[torch.Tensor], actions: torch.Tensor, 
         return torch.stack(per, -1).mean(-1)
     match = pred == true
     return match.all(-1).float() if mode == "all" else match.float().mean(-1)
+
+
+def _group_probs(logits: list[torch.Tensor], g: int) -> torch.Tensor:
+    """The IDM's distribution over group g's classes [B, n, K] (camera: over its 3 directions)."""
+    p = torch.softmax(logits[g].float(), -1)
+    if g in CAMERA:             # bins below the null bin: one way; above: the other
+        p = torch.stack([p[..., CAMERA_NULL_BIN], p[..., :CAMERA_NULL_BIN].sum(-1),
+                         p[..., CAMERA_NULL_BIN + 1:].sum(-1)], -1)
+    return p
+
+
+def f1_gain_soft_per_frame(logits: list[torch.Tensor], true: torch.Tensor,
+                           groups: tuple[int, ...] | None = None) -> torch.Tensor:
+    """The f1_gain reward in expectation over the IDM's reading instead of at its argmax (Rao-Blackwellised:
+    lower variance, same optimum). With P[b, i] the IDM's distribution for frame i and C the batch's
+    expected confusion matrix, r_i = sum_p P[i, p] W[t_i, p] x N. Every wrong class a frame puts mass on
+    costs (W's off-diagonal is negative), so spreading probability over rare classes is not paid."""
+    groups = tuple(range(len(GROUPS))) if groups is None else tuple(groups)
+    per = []
+    for g in groups:
+        P = _group_probs(logits, g)
+        t = true[..., g].long()
+        k = P.shape[-1]
+        if g in CAMERA:
+            t = _direction(t)
+        onehot = torch.nn.functional.one_hot(t, k).to(P.dtype)
+        C = torch.einsum("bnt,bnp->tp", onehot, P)
+        W = f1_gain_weights_from_confusion(C).to(P.device)
+        per.append((P * W[t]).sum(-1) * t.numel())
+    return torch.stack(per, -1).mean(-1)
 
 
 def f1_gain_per_frame(pred: torch.Tensor, true: torch.Tensor, groups: tuple[int, ...] | None = None) -> torch.Tensor:
@@ -157,10 +194,14 @@ class InverseReward:
         for s in range(0, len(frames), self.batch_size):
             logits = self.idm(frames[s:s + self.batch_size].to(self.device))
             if self.mode in POOLED:          # the readings first; the batch's pool decides the reward
-                out.append(torch.stack([lg.argmax(-1) for lg in logits], -1).cpu())
+                out.append([lg.float().cpu() for lg in logits] if self.mode == "f1_gain_soft" else
+                           torch.stack([lg.argmax(-1) for lg in logits], -1).cpu())
                 continue
             out.append(per_frame_inverse_reward(logits, actions[s:s + self.batch_size].to(self.device), self.mode,
                                                 self.groups).cpu())
+        if self.mode == "f1_gain_soft":
+            logits = [torch.cat(x) for x in zip(*out)]
+            return f1_gain_soft_per_frame(logits, actions[:, :logits[0].shape[1]].long(), self.groups)
         if self.mode in POOLED:
             pred = torch.cat(out)
             return f1_gain_per_frame(pred, actions[:, :pred.shape[1]].long(), self.groups)
