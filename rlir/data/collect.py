@@ -173,6 +173,10 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict:
     cfg.validate()
     out = Path(cfg.out)
     check_maps(cfg)
+    if (out / "manifest.jsonl").is_file():     # resume a collection, never add game clips to another dataset
+        existing = EpisodeStore(out)
+        if len(existing) and "collect" not in existing.metadata:
+            raise DataError(f"{out}: holds a dataset that rlir collect did not record; use a new --out")
     store = EpisodeStore.create(out, exist_ok=True)
     meta = {
         "format": "rlir-episodes/1",
