@@ -83,8 +83,8 @@ class OutputLock:
     drops the lock when its holder dies, so a killed run never leaves a stale lock. A folder this
     command created is removed again when the command fails before writing anything into it."""
 
-    def __init__(self, folder: str | Path, command: str, option: str = "--out"):
-        self.folder, self.command, self.option = Path(folder), command, option
+    def __init__(self, folder: str | Path, command: str):
+        self.folder, self.command = Path(folder), command
         self.succeeded = False
         self._created: list[Path] = []
         self._lock = None
@@ -100,8 +100,8 @@ class OutputLock:
         try:
             self._lock.acquire()
         except Timeout:
-            raise RlirError(f"{self.option} {self.folder} is being written by another rlir process "
-                            f"({self._holder()}); wait for it to end or give another {self.option}") from None
+            raise RlirError(f"{self.folder} is being written by another rlir process ({self._holder()}); "
+                            f"wait for it to end or write elsewhere") from None
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
                   "since": datetime.datetime.now().isoformat(timespec="seconds")}
         (self.folder / HOLDER_FILE).write_text(json.dumps(holder) + "\n")
