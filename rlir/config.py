@@ -7,6 +7,7 @@ Unknown keys and values of the wrong type are ConfigErrors that name the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -44,6 +45,16 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         inner = args[0] if args else Any
         out = [_coerce(v, inner, key) for v in value]
         return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if isinstance(value, str):          # --set 'rewards={inverse: 1.0}' arrives as YAML text
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise ConfigError(f"{key}: expected a mapping such as {{name: 1.0}}, got {value!r}") from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping such as {{name: 1.0}}, got {value!r}")
+        kt, vt = args if len(args) == 2 else (Any, Any)
+        return {_coerce(k, kt, f"{key}.{k}"): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -73,9 +84,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):       # a NaN learning rate trains nothing and reports numbers anyway
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key}: expected a string, got {value!r}")

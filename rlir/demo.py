@@ -41,6 +41,12 @@ class DemoConfig:
             raise ConfigError(f"paradigm must be ar, diffusion or both, got {self.paradigm!r}")
         if self.episodes < 4 or self.eval_clips < 2:
             raise ConfigError("episodes must be at least 4 and eval_clips at least 2")
+        budgets = ("idm_minutes", "judge_minutes", "codec_minutes", "wm_minutes", "posttrain_minutes")
+        for name in budgets:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.posttrain_steps < 1 or self.seed < 0:
+            raise ConfigError("posttrain_steps must be at least 1 and seed not negative")
 
 
 def _stage(name: str, done: Path, fn) -> None:

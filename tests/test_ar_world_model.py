@@ -196,6 +196,6 @@ def test_generate_rejects_the_wrong_checkpoint_kind(tmp_path, capsys):
     assert main(["-q", "generate", "--world-model", str(tmp_path / "idm"), "--data", str(tmp_path / "data"),
                  "--out", str(tmp_path / "gen")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "is a 'idm' checkpoint, not 'world_model'" in err
+    assert err.count("\n") == 0 and "is an 'idm' checkpoint, not 'world_model'" in err
     assert main(["-q", "wm", "train", "--paradigm", "diffusion", "--data", str(tmp_path / "data"),
                  "--out", str(tmp_path / "wm")]) == 2

@@ -52,17 +52,18 @@ def test_resume_only_plays_missing_recordings(tmp_path):
 
 def test_crashed_game_is_restarted(tmp_path, monkeypatch):
     import vizdoom as vzd
-    real_play, calls = C.play, []
+    real_play, calls = C.play, tmp_path / "calls"        # recordings run in worker processes: count in a file
 
     def flaky(env, cfg, index):
-        calls.append(index)
-        if len(calls) == 1:
+        with open(calls, "a") as f:
+            f.write(f"{index}\n")
+        if calls.read_text().count("\n") == 1:
             raise vzd.ViZDoomUnexpectedExitException("engine died")
         return real_play(env, cfg, index)
 
-    monkeypatch.setattr(C, "play", flaky)
+    monkeypatch.setattr(C, "play", flaky)                  # inherited by forked workers
     res = C.collect(small_cfg(tmp_path / "d", episodes=1, workers=1), progress=False)
-    assert calls == [0, 0] and res["recordings"] == 1
+    assert calls.read_text().split() == ["0", "0"] and res["recordings"] == 1
 
 
 def test_dead_worker_process_is_replaced(tmp_path, monkeypatch):

@@ -127,7 +127,7 @@ def test_world_model_path_generates_first(setup, monkeypatch):
                     {"model": {"w": torch.zeros(1)}})
     calls = []
 
-    def fake_generate(world_model, data, out, frames, seed, split, batch_size, max_clips, device, progress):
+    def fake_generate(world_model, data, out, frames, seed, split, batch_size, max_clips, device, progress, overwrite=False):
         calls.append((world_model, out, frames, max_clips))
         return {"clips": 5, "out": make_generated(out, EpisodeStore(data), lambda f: 255 - f, frames, world_model)}
     monkeypatch.setattr("rlir.eval.generate.generate", fake_generate)

@@ -7,12 +7,14 @@ resumes where it stopped (`recordings.jsonl` lists those finished) and gives the
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.util
 import os
+import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,12 +25,13 @@ from rlir.actions import GROUPS, buttons_to_actions
 from rlir.data.preprocess import PreprocessConfig, segment
 from rlir.data.store import Episode, EpisodeStore, split_for, write_episode
 from rlir.envs.policy import HumanlikePolicy, PolicyConfig
-from rlir.envs.vizdoom_env import NULL_GROUPS, DoomConfig, DoomEnv, parse_map, wad_path
-from rlir.errors import ConfigError, DataError
+from rlir.envs.vizdoom_env import NULL_GROUPS, DoomConfig, DoomEnv, kill_engines, parse_map, wad_maps, wad_path
+from rlir.errors import ConfigError, DataError, RlirError
 from rlir.utils.io import atomic_write_jsonl
 
 log = logging.getLogger("rlir.collect")
 RECORDINGS = "recordings.jsonl"
+WORKERS = ".workers"                  # each worker's game runs in WORKERS/pid<N>
 DEFAULT_MAPS = ["map01", "map02", "map03", "map04", "map05", "map06", "map07", "map08",
                 "freedoom1:e1m1", "freedoom1:e1m2"]
 
@@ -46,6 +49,7 @@ class CollectConfig:
     val_frac: float = 0.05
     test_frac: float = 0.10
     max_restarts: int = 3            # game crashes tolerated per recording
+    instance_timeout_s: float = 600.0   # no recording finished for this long: a game instance hangs; stop
     doom: DoomConfig = field(default_factory=DoomConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -66,6 +70,10 @@ class CollectConfig:
             raise ConfigError("doom.tics_per_frame must be at least 1")
         if not 0 <= self.val_frac + self.test_frac < 1:
             raise ConfigError("val_frac + test_frac must lie in [0, 1)")
+        if self.seed < 0 or self.max_restarts < 0 or self.instance_timeout_s <= 0:
+            raise ConfigError("seed and max_restarts must not be negative, instance_timeout_s must be positive")
+        if self.burn_in[0] < 0 or self.burn_in[0] > self.burn_in[1]:
+            raise ConfigError(f"burn_in must be [low, high] with 0 <= low <= high, got {list(self.burn_in)}")
 
 
 def recording_map(cfg: CollectConfig, index: int) -> str:
@@ -124,7 +132,7 @@ def _worker_env(cfg: CollectConfig, wad: str) -> DoomEnv:
     global _ENV, _WAD
     if _ENV is None or _WAD != wad:
         _close_worker_env()
-        workdir = Path(cfg.out).resolve() / ".workers" / f"pid{os.getpid()}"
+        workdir = Path(cfg.out).resolve() / WORKERS / f"pid{os.getpid()}"
         _ENV, _WAD = DoomEnv(cfg.doom, cfg.resolution, workdir, wad=wad), wad
         # pool workers end with os._exit (no atexit): multiprocessing's finalizers still run
         multiprocessing.util.Finalize(None, _close_worker_env, exitpriority=10)
@@ -145,7 +153,8 @@ def record(cfg: CollectConfig, index: int) -> dict:
             env.close()
             _ENV = None
             if attempt == cfg.max_restarts or not crash:
-                raise RuntimeError(f"recording {index} failed after {attempt + 1} attempt(s): {e}") from e
+                raise RlirError(f"recording {index} ({recording_map(cfg, index)}) failed after {attempt + 1} "
+                                f"attempt(s): {type(e).__name__}: {e}") from None
     segments, counts = segment(ep.frames, invalid, cfg.preprocess)
     key = f"s{cfg.seed}-r{index:06d}"
     split = split_for(key, cfg.val_frac, cfg.test_frac)
@@ -163,11 +172,11 @@ def record(cfg: CollectConfig, index: int) -> dict:
 def collect(cfg: CollectConfig, progress: bool = True) -> dict:
     cfg.validate()
     out = Path(cfg.out)
-    for m in cfg.maps:   # fail early on a map spec we cannot play
-        try:
-            wad_path(parse_map(m, cfg.doom.wad)[0])
-        except FileNotFoundError as e:
-            raise ConfigError(f"map {m!r}: {e}") from None
+    check_maps(cfg)
+    if (out / "manifest.jsonl").is_file():     # resume a collection, never add game clips to another dataset
+        existing = EpisodeStore(out)
+        if len(existing) and "collect" not in existing.metadata:
+            raise DataError(f"{out}: holds a dataset that rlir collect did not record; use a new --out")
     store = EpisodeStore.create(out, exist_ok=True)
     meta = {
         "format": "rlir-episodes/1",
@@ -214,34 +223,112 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict:
         bar.set_postfix(fps=f"{frames_written / max(time.time() - t0, 1e-9):.0f}")
 
     pool_restarts = 0
-    while todo:
-        if cfg.workers == 1:
-            try:
-                for i in todo:
-                    finish(record(cfg, i))
-            finally:
-                _close_worker_env()
-            todo = []
-            break
+    with _stop_on_sigterm():
         try:
-            with ProcessPoolExecutor(max_workers=cfg.workers) as pool:
-                futs = {pool.submit(record, cfg, i): i for i in todo}
-                for f in as_completed(futs):
-                    finish(f.result())
-            todo = []
-        except BrokenProcessPool:
-            # a worker process died (e.g. the engine took it down): start new ones for what is left
-            pool_restarts += 1
-            todo = [i for i in todo if i not in done]
-            if pool_restarts > cfg.max_restarts:
-                raise RuntimeError(f"worker processes died {pool_restarts} times; stopping") from None
-            log.warning("a worker process died; restarting the pool for %d recordings", len(todo))
+            while todo:
+                try:
+                    _run_pool(cfg, todo, finish)
+                    todo = []
+                except BrokenProcessPool:
+                    # a worker process died (e.g. the engine took it down): start new ones for what is left
+                    pool_restarts += 1
+                    todo = [i for i in todo if i not in done]
+                    if pool_restarts > cfg.max_restarts:
+                        raise RlirError(f"worker processes died {pool_restarts} times; stopping") from None
+                    log.warning("a worker process died; restarting the pool for %d recordings", len(todo))
+        finally:
+            kill_engines(out / WORKERS)      # whatever ended the run, no game process outlives it
     bar.close()
     elapsed = time.time() - t0
     totals = summarize_recordings(list(done.values()))
     store.update_metadata({"preprocess": totals})
     return {"elapsed_s": elapsed, "frames_written": frames_written,
             "fps": frames_written / max(elapsed, 1e-9), **totals}
+
+
+def check_maps(cfg: CollectConfig) -> None:
+    """Every map spec names a wad we have and a map in it (the engine waits forever for a missing map)."""
+    for m in cfg.maps:
+        wad, name = parse_map(m, cfg.doom.wad)
+        try:
+            path = wad_path(wad)
+            maps = wad_maps(path)
+        except (FileNotFoundError, OSError, ValueError) as e:
+            raise ConfigError(f"map {m!r}: {e}") from None
+        if name not in maps:
+            raise ConfigError(f"map {m!r}: {Path(path).name} has no map {name!r} (it has {', '.join(sorted(maps))})")
+
+
+def _worker_init(parent: int) -> None:
+    """In each worker: end (closing its game) when the parent dies or asks, never on the terminal's Ctrl-C."""
+    import ctypes
+    import signal
+    try:                                              # Linux: SIGTERM when the parent dies, even by SIGKILL
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:                        # the parent died before prctl took effect
+        os._exit(1)
+
+    def leave(signum, frame):
+        _close_worker_env()
+        os._exit(128 + signum)
+    signal.signal(signal.SIGTERM, leave)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)      # the parent hears Ctrl-C and ends the workers itself
+
+
+def _run_pool(cfg: CollectConfig, todo: list[int], finish) -> None:
+    """Record `todo` in worker processes; stop them all (and their games) on any way out but success."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+    pool = ProcessPoolExecutor(max_workers=cfg.workers, initializer=_worker_init, initargs=(os.getpid(),))
+    ok = False
+    try:
+        pending = {pool.submit(record, cfg, i) for i in todo}
+        while pending:
+            done, pending = wait(pending, timeout=cfg.instance_timeout_s, return_when=FIRST_COMPLETED)
+            if not done:
+                raise RlirError(f"no recording finished in {cfg.instance_timeout_s:g} s: a game instance hangs; "
+                                f"stopped (instance_timeout_s sets the limit)")
+            for f in done:
+                finish(f.result())
+        ok = True
+    finally:
+        if ok:
+            pool.shutdown(wait=True)
+        else:
+            _stop_pool(pool, Path(cfg.out) / WORKERS)
+
+
+def _stop_pool(pool: ProcessPoolExecutor, workers_dir: Path) -> None:
+    procs = list((pool._processes or {}).values())   # the executor has no public way to stop running tasks
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        p.terminate()                                 # each worker closes its game on SIGTERM
+    deadline = time.time() + 5
+    for p in procs:
+        p.join(max(0.0, deadline - time.time()))
+    kill_engines(workers_dir)                         # a worker stuck inside the engine is freed by its end
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join(5)
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm():
+    """SIGTERM ends a collection the way Ctrl-C does, through the clean-up, not past it."""
+    import signal
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def summarize_recordings(recs: list[dict]) -> dict:

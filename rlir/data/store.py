@@ -106,6 +106,8 @@ class EpisodeStore:
     def __init__(self, root: str | Path, cache_size: int = 256):
         self.root = Path(root)
         man = self.root / MANIFEST
+        if self.root.is_file():
+            raise DataError(f"{self.root}: is a file; a dataset is a directory holding {MANIFEST}")
         if not self.root.is_dir():
             raise DataError(f"{self.root}: dataset directory does not exist")
         if not man.is_file():

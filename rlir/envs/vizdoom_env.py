@@ -52,6 +52,49 @@ def wad_path(name: str) -> str:
     raise FileNotFoundError(f"no ViZDoom wad named {name!r}")
 
 
+def wad_maps(path: str | Path) -> set[str]:
+    """The map names (map01, e1m1, ...) a WAD file holds, from its lump directory (the engine itself
+    waits forever for a map it does not have, so a name is checked here before a game starts)."""
+    import re
+    import struct
+    with open(path, "rb") as f:
+        magic, n, offset = struct.unpack("<4sii", f.read(12))
+        if magic not in (b"IWAD", b"PWAD"):
+            raise FileNotFoundError(f"{path} is not a WAD file")
+        f.seek(offset)
+        table = f.read(16 * n)
+    names = (table[k + 8:k + 16].rstrip(b"\0").decode("ascii", "replace").lower() for k in range(0, len(table), 16))
+    return {m for m in names if re.fullmatch(r"map\d\d|e\dm\d", m)}
+
+
+def engine_processes(workdir: str | Path) -> list[int]:
+    """Pids of engine processes (the `vizdoom` binary) started in `workdir` or below (each game runs in a
+    folder of its own).
+    Linux /proc; elsewhere none are found and closing relies on the engine's own shutdown."""
+    root, found = Path(workdir).resolve(), []
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            cwd = Path(os.readlink(d / "cwd"))
+            exe = (d / "cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue
+        if (cwd == root or root in cwd.parents) and exe.endswith(b"vizdoom"):
+            found.append(int(d.name))
+    return found
+
+
+def kill_engines(workdir: str | Path) -> int:
+    """SIGKILL every engine process started under `workdir` (they ignore SIGTERM); returns how many."""
+    import signal
+    pids = engine_processes(workdir)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(pids)
+
+
 def parse_map(spec: str, default_wad: str) -> tuple[str, str]:
     """'map03' -> (default_wad, 'map03'); 'freedoom1:e1m2' -> ('freedoom1', 'e1m2')."""
     if ":" in spec:
@@ -124,6 +167,7 @@ class DoomEnv:
             except Exception:
                 pass
             self.game = None
+        kill_engines(self.workdir)           # an engine that did not end with the game would run on forever
 
     def reset(self, map_name: str, seed: int) -> tuple[np.ndarray, dict]:
         if self.game is None:

@@ -135,7 +135,10 @@ class IDMScorer:
         """uint8 clips [B, T, H, W, 3] -> (per-group logits [B, T-1, K], video features [B, d]), one pass."""
         from rlir.models.idm import video_features
         h = self.model.hidden(frames.to(device))
-        return [lg.float().cpu() for lg in self.model.heads(h)], video_features(h).cpu()
+        logits = [lg.float().cpu() for lg in self.model.heads(h)]
+        if not all(bool(torch.isfinite(lg).all()) for lg in logits):   # argmax of NaN is 0: a score, not an error
+            raise RlirError(f"{self.path}: the {self.role.replace('_', ' ')} gives non-finite outputs (NaN or inf)")
+        return logits, video_features(h).cpu()
 
 
 def load_scorer(role: str, path: str, device: str, frames: int) -> IDMScorer:
@@ -236,7 +239,7 @@ def evaluate(data: str, out: str, idm: str, judge: str | None = None, generated:
              world_model: str | None = None, frames: int = 16, seed: int = 0, split: str = "test",
              batch_size: int = 8, max_clips: int | None = None, device: str = "cpu", i3d: str | None = None,
              n_boot: int = 1000, label: str | None = None, role: str | None = None, progress: bool = True,
-             command: dict | None = None) -> dict:
+             command: dict | None = None, overwrite: bool = False) -> dict:
     """Generate (with `world_model`) and/or score `generated` against `data`; writes OUT/metrics.json."""
     import torchmetrics.functional.image as tmf
     from tqdm import tqdm
@@ -248,6 +251,17 @@ def evaluate(data: str, out: str, idm: str, judge: str | None = None, generated:
         raise ConfigError(f"--frames must be at least 2, got {frames}")
     if world_model is None and generated is None:
         raise ConfigError("give --world-model (to generate, then evaluate) or --generated (a store to evaluate)")
+    if n_boot < 1:
+        raise ConfigError(f"--n-boot must be at least 1, got {n_boot}")
+    from rlir.utils.output_guard import Input, Output, check_output
+    inputs = [Input(data, "--data"), Input(idm, "--idm", False), Input(judge, "--judge", False),
+              Input(world_model, "--world-model", False), Input(i3d, "--i3d", False)]
+    if world_model is None:
+        inputs.append(Input(generated, "--generated"))
+    else:          # the clips are written: never into the real data or a checkpoint (checked before any work)
+        generated = generated or str(Path(out) / "generated")
+        check_output(Output(generated, "--generated"), inputs)
+    check_output(Output(out, "--out"), inputs)
     t0 = time.time()
     real = EpisodeStore(data, cache_size=64)                        # no manifest -> one-line error
     scorers = [load_scorer("reward_idm", idm, device, frames)]     # wrong kind -> one-line error
@@ -263,9 +277,9 @@ def evaluate(data: str, out: str, idm: str, judge: str | None = None, generated:
     gen_summary = None
     if world_model is not None:
         from rlir.eval.generate import generate
-        generated = generated or str(out / "generated")
         gen_summary = generate(world_model, data, generated, frames=frames, seed=seed, split=split,
-                               batch_size=batch_size, max_clips=max_clips, device=device, progress=progress)
+                               batch_size=batch_size, max_clips=max_clips, device=device, progress=progress,
+                               overwrite=overwrite)
     gen = EpisodeStore(generated, cache_size=64)
     for s in scorers:
         gen.require_resolution(s.model.cfg.resolution, s.role.replace("_", " "))

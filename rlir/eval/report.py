@@ -30,7 +30,6 @@ import io
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -508,8 +507,6 @@ def build_report(run_dirs, out, labels=None, roles=None, n_videos: int = 4, prog
     atomic_write_text(out / "report.html", page)
     summary.update({"html": str(out / "report.html"), "run_dirs": [str(d) for d in run_dirs]})
     atomic_write_json(out / "report.json", summary)
-    for f in ["report.html", "report.json", *summary["figures"], *summary["videos"]]:
-        os.chmod(out / f, 0o644)          # atomic writes make 0600 files; a page is for others to read
     return {"html": str(out / "report.html"), "rows": len(rows), "curves": len(logs),
             "figures": summary["figures"], "videos": summary["videos"]}
 

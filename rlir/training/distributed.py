@@ -98,10 +98,8 @@ def init(device: str = "cpu", precision: str = "fp32") -> Dist:
     """Join the process group torchrun describes (env:// rendezvous), or run as one process."""
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asked for, but no CUDA device is visible")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ConfigError(f"device must be cpu or cuda, got {device!r}")
+    from rlir.utils.device import check_device
+    check_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist(device=device, precision=precision)

@@ -41,6 +41,9 @@ class LoopConfig:
             raise ConfigError("batch_size, steps and eval_every must be positive")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        for name in ("seed", "warmup", "threads", "max_minutes"):      # counts and budgets are never negative
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
         from rlir.training.distributed import PARALLEL, PRECISIONS
         if self.parallel not in PARALLEL:
             raise ConfigError(f"parallel must be one of {PARALLEL}, got {self.parallel!r}")

@@ -163,6 +163,11 @@ def wm_checkpoint_config(mcfg, tok_cfg: TokenizerConfig, extra: dict) -> dict:
 def load_world_model_checkpoint(path: str | Path, device: str = "cpu", paradigm: str | None = None):
     """A world-model checkpoint -> (model, its config, its codec), in eval mode."""
     cfg = read_config(path, kind="world_model")
+    if cfg.get("paradigm") not in ("ar", "diffusion"):      # name it before its model keys look unknown
+        raise DataError(f"{path}: config.json names paradigm {cfg.get('paradigm')!r}; rlir knows 'ar' and 'diffusion'")
+    for key in ("model", "codec"):
+        if not isinstance(cfg.get(key), dict):
+            raise DataError(f"{path}: config.json lacks its {key!r} settings")
     if paradigm is not None and cfg.get("paradigm") != paradigm:
         raise DataError(f"{path}: a {cfg.get('paradigm')!r} world model, not a {paradigm!r} one")
     mcfg = from_dict(ARConfig if cfg.get("paradigm") == "ar" else DiTConfig, cfg["model"])

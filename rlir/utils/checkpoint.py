@@ -50,7 +50,8 @@ def read_config(path: str | Path, kind: str | None = None) -> dict:
     except json.JSONDecodeError:
         raise RlirError(f"{cfg_file}: damaged checkpoint config (not JSON)") from None
     if kind is not None and cfg.get("kind") != kind:
-        raise RlirError(f"{path}: is a {cfg.get('kind', 'unknown')!r} checkpoint, not {kind!r}")
+        found = str(cfg.get("kind", "unknown"))
+        raise RlirError(f"{path}: is {'an' if found[:1] in 'aeiou' else 'a'} {found!r} checkpoint, not {kind!r}")
     return cfg
 
 
@@ -59,13 +60,40 @@ def load_tensors(path: str | Path, stem: str = "model") -> dict[str, torch.Tenso
     if not f.is_file():
         raise RlirError(f"{path}: checkpoint lacks {f.name}")
     try:
-        return load_file(str(f))
+        tensors = load_file(str(f))
     except Exception as e:   # safetensors raises its own error types for damaged files
         raise RlirError(f"{f}: damaged checkpoint file ({e})") from None
+    check_finite(tensors, f)
+    return tensors
+
+
+def check_finite(tensors: dict[str, torch.Tensor], where: str | Path) -> None:
+    """NaN or inf weights would sample garbage or score a metric that looks like a number: refuse them."""
+    for name, t in tensors.items():
+        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise RlirError(f"{where}: tensor {name!r} holds {bad} non-finite value(s) (NaN or inf); "
+                            f"the checkpoint is damaged or its training diverged")
+
+
+def state_mismatch(module: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> str | None:
+    """The first few keys that are missing, unexpected or of another shape, or None when all fit."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in tensors]
+    extra = [k for k in tensors if k not in own]
+    shape = [f"{k} {list(tensors[k].shape)} vs {list(own[k].shape)} in the model"
+             for k in own if k in tensors and tensors[k].shape != own[k].shape]
+    parts = [f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+             for what, keys in (("missing", missing), ("unexpected", extra), ("other shape", shape)) if keys]
+    return "; ".join(parts) or None
 
 
 def load_state(module: torch.nn.Module, path: str | Path, stem: str = "model") -> None:
+    tensors = load_tensors(path, stem)
+    problem = state_mismatch(module, tensors)
+    if problem:
+        raise RlirError(f"{path}: {stem}.safetensors does not fit the model in its config ({problem})")
     try:
-        module.load_state_dict(load_tensors(path, stem), strict=True)
+        module.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
         raise RlirError(f"{path}: weights do not fit the model in its config ({str(e).splitlines()[0]})") from None

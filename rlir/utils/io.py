@@ -11,12 +11,21 @@ from typing import Callable
 TMP_SUFFIX = ".tmp"
 
 
+def _umask() -> int:
+    """The process's umask (os.umask can only be read by setting it, so set it back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> None:
     """Call write(f) on a temporary file, then rename it to path, so readers see all or nothing."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=TMP_SUFFIX)
     try:
+        # mkstemp makes the file 0600; a dataset or checkpoint is shared like any other file: follow the umask
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
