@@ -131,6 +131,16 @@ def scalar(x: np.ndarray, base: np.ndarray | None, seed: int) -> dict:
     return out
 
 
+def video_cache(root: str, ckpt: str, windows, seed: int) -> Path:
+    """Where a model's rollouts of these clips are kept: keyed by the checkpoint's weights, the clips and
+    the seed, so a changed checkpoint is rolled out again."""
+    import hashlib
+    h = hashlib.sha256(json.dumps([list(w) for w in windows]).encode() + str(seed).encode())
+    for f in sorted(Path(ckpt).glob("*.safetensors")):
+        h.update(f.name.encode() + f.read_bytes())
+    return Path(root) / f"{h.hexdigest()[:20]}.npy"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True)
@@ -145,6 +155,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--cache", default=None, help="a folder to keep each model's rollouts in (reused when the "
+                   "checkpoint, clips and seed are the same)")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     t0 = time.time()
@@ -168,7 +180,14 @@ def main() -> None:
     gen_seconds = {}
     for name, ckpt in models:
         t = time.time()
-        videos[name] = roll_out(ckpt, clips, a.seed, a.batch_size, a.device)
+        cache = video_cache(a.cache, ckpt, windows, a.seed) if a.cache else None
+        if cache is not None and cache.is_file():
+            videos[name] = np.load(cache)
+        else:
+            videos[name] = roll_out(ckpt, clips, a.seed, a.batch_size, a.device)
+            if cache is not None:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                np.save(cache, videos[name])
         gen_seconds[name] = time.time() - t
         print(f"rolled out {name} ({ckpt}): {gen_seconds[name]:.0f} s", flush=True)
     rng = np.random.default_rng(a.seed)
@@ -218,6 +237,11 @@ def print_table(report: dict) -> None:
         print(f"{row:16s} {f(j):>15s} {diff(j):>24s} {f(w):>20s} {diff(w):>24s} "
               f"{f(ps, fmt='{:.2f}') if ps else '':>6s} {diff(ps, '{:+.2f}') if ps else '':>22s} "
               f"{f(br, fmt='{:.1f}'):>7s} {diff(br, '{:+.1f}'):>22s}")
+    for row, r in report["rows"].items():
+        for s in ("judge", "reward_idm"):
+            d = r[s].get("per_group_f1_minus_base")
+            if d:
+                print(f"  {row} per-group F1 change ({s}): " + ", ".join(f"{g} {v:+.3f}" for g, v in d.items()))
 
 
 if __name__ == "__main__":

@@ -68,6 +68,8 @@ class GRPOConfig(LoopConfig):
     rollout_mode: str = "full"               # full: G whole rollouts per prompt | branch: G alternatives of one
                                              # frame after a shared rollout's prefix (AR; frame credit)
     gamma: float = 0.0                       # frame advantages: reward-to-go discount (0: the frame's own reward)
+    reward_groups: str = "shown"             # balanced / f1_gain modes: shown (camera direction included) |
+                                             # discrete (the 7-group F1's groups only, camera left out)
     rollout_precision: str = "fp32"          # fp32 | bf16: the AR training rollouts' weights (loss always fp32)
     preference_fn: str | None = None         # "module:function" scoring a video, for the preference reward
     prompt_clips: int = 0                    # 0: any training window; N: a fixed set of N training clips
@@ -120,6 +122,8 @@ class GRPOConfig(LoopConfig):
             raise ConfigError(f"advantage must be one of {ADVANTAGES}, got {self.advantage!r}")
         if not 0 <= self.gamma <= 1:
             raise ConfigError(f"gamma must be in [0, 1], got {self.gamma}")
+        if self.reward_groups not in ("shown", "discrete"):
+            raise ConfigError(f"reward_groups must be shown or discrete, got {self.reward_groups!r}")
         if self.rollout_precision not in ("fp32", "bf16"):
             raise ConfigError(f"rollout_precision must be fp32 or bf16, got {self.rollout_precision!r}")
         if self.rollout_mode not in ("full", "branch"):
@@ -136,6 +140,8 @@ class GRPOConfig(LoopConfig):
 def build_reward_fns(cfg: GRPOConfig, idm, null_groups=()) -> tuple[list, list[float]]:
     from rlir.rl.rewards import BrightnessMatch, InverseRewardFn, PixelReward, PreferenceReward, RandomReward
     fns, weights = [], []
+    if cfg.reward_groups == "discrete":        # the F1's groups only: camera motion does not enter the reward
+        null_groups = tuple(null_groups) + ("camera_pitch", "camera_yaw")
     for name, w in cfg.rewards.items():
         fns.append(InverseRewardFn(idm, cfg.reward_mode, device=cfg.device, null_groups=null_groups)
                    if name == "inverse" else PixelReward() if name == "pixel_l1_ssim" else
@@ -467,7 +473,7 @@ class Posttrainer:
 RESUME_KEEPS = ("world_model", "idm", "judge", "data", "frames", "seed", "batch_size", "num_generations",
                 "num_iterations", "gradient_accumulation_steps", "lr", "lr_schedule", "warmup", "weight_decay",
                 "max_grad_norm", "beta", "epsilon", "epsilon_high", "loss_type", "scale_rewards", "temperature",
-                "top_p", "rewards", "reward_mode", "advantage", "gamma", "rollout_mode", "rollout_precision",
+                "top_p", "rewards", "reward_mode", "reward_groups", "advantage", "gamma", "rollout_mode", "rollout_precision",
                 "preference_fn",
                 "prompt_clips",
                 "dynamic_sampling", "max_resample_rounds", "sde_steps", "noise_level", "timestep_fraction",
