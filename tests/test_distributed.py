@@ -229,7 +229,7 @@ def test_bad_device_and_parallel_settings_are_clear_errors(tmp_path, data, capsy
     base = ["-q", "posttrain", "--world-model", wm, "--idm", idm, "--data", data, "--out", str(tmp_path / "o")]
     if not torch.cuda.is_available():
         assert main([*base, "--device", "cuda"]) == 2
-        assert "no CUDA device is visible" in capsys.readouterr().err
+        assert "torch sees no CUDA device" in capsys.readouterr().err
     assert main([*base, "--set", "parallel=zero3"]) == 2
     assert "parallel must be one of ('ddp', 'fsdp')" in capsys.readouterr().err
     assert main([*base, "--set", "precision=fp8"]) == 2
