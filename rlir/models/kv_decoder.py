@@ -64,9 +64,15 @@ class KVDecoder:
         self.v = torch.zeros(shape, dtype=torch.float32, device=p.device)
         self.pos, self.max_len, self.batch = 0, max_len, batch
 
-    @torch.no_grad()
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids [B, n] at positions pos..pos+n-1 -> logits of the last position [B, V] (float32)."""
+        """ids [B, n] at positions pos..pos+n-1 -> logits of the last position [B, V] (float32).
+
+        Runs in the weights' own dtype, outside any autocast: autocast would cast the float32 attention
+        to bf16, whose CPU kernels copy the cache at every token (bf16 rollouts use a bf16 copy instead)."""
+        with torch.no_grad(), torch.autocast(ids.device.type, enabled=False):
+            return self._forward(ids)
+
+    def _forward(self, ids: torch.Tensor) -> torch.Tensor:
         lm, B, n = self.model.model, ids.shape[0], ids.shape[1]
         s, e = self.pos, self.pos + ids.shape[1]
         if e > self.max_len:
