@@ -444,6 +444,15 @@ def _run_guarded(args, argv: list[str]) -> int:
         return rc
 
 
+def _leave_together() -> None:
+    """Under torchrun, ranks meet before the process group goes: a rank that tears gloo down while
+    another still holds a connection aborts at exit ("terminate called without an active exception")."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -456,7 +465,9 @@ def main(argv: list[str] | None = None) -> int:
     where = "rlir: error" if rank == 0 else f"rlir: error (rank {rank})"
     try:
         with contextlib.redirect_stdout(open(os.devnull, "w")) if rank > 0 else contextlib.nullcontext():
-            return _run_guarded(args, argv)
+            rc = _run_guarded(args, argv)
+        _leave_together()
+        return rc
     except RlirError as e:
         print(f"{where}: {e}", file=sys.stderr)
         return 2

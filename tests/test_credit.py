@@ -255,3 +255,32 @@ def test_branching_rollouts_share_everything_but_the_branch_frame():
     adv = torch.randn(2 * G, T - 1)
     m = pol.accumulate(ro, adv, 1.0)
     assert m["ratio_mean"] == 1.0 and m["logp_mismatch"] < 1e-4
+
+
+def test_f1_gain_soft_pays_a_confident_right_reading_not_a_frozen_or_unsure_one():
+    """Hand-made logits: read right > read as "no action" throughout (a frozen video) and > unsure (flat);
+    with near one-hot logits it is the argmax f1_gain."""
+    true = np.concatenate([_actions(seed=s) for s in range(6)])            # 6 clips
+    groups = shown_groups(["use"])
+    frozen = np.zeros_like(true)
+    frozen[..., 7:] = 5
+    right, still = one_hot_logits(true[:2]), one_hot_logits(frozen[2:4])
+    flat = [torch.zeros(2, 15, k) for k in N_CLASSES]                      # the IDM has no idea
+    lg = [torch.cat(x) for x in zip(right, still, flat)]
+    r = per_frame_inverse_reward(lg, torch.as_tensor(true), "f1_gain_soft", groups).mean(-1)
+    assert r[:2].min() > r[2:].max()                                       # neither freezing nor doubt pays
+    sharp = [x[:4] * 20 for x in lg]                                       # near one-hot: soft == argmax
+    pred = np.concatenate([true[:2], frozen[2:4]])
+    soft = per_frame_inverse_reward(sharp, torch.as_tensor(true[:4]), "f1_gain_soft", groups)
+    hard = per_frame_inverse_reward(one_hot_logits(pred), torch.as_tensor(true[:4]), "f1_gain", groups)
+    assert torch.allclose(soft, hard, atol=1e-3)
+
+
+def test_discrete_reward_groups_leave_the_camera_out(tmp_path):
+    from rlir.rl.trainer import build_reward_fns
+    idm = torch.nn.Linear(1, 1)
+    for setting, camera_in in (("shown", True), ("discrete", False)):
+        fns, _ = build_reward_fns(GRPOConfig(reward_groups=setting, reward_mode="f1_gain_soft"), idm, ["use"])
+        g = fns[0].scorer.groups
+        assert (GROUPS.index("camera_yaw") in g) == camera_in and (GROUPS.index("camera_pitch") in g) == camera_in
+        assert GROUPS.index("use") not in g and GROUPS.index("attack") in g

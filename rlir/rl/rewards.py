@@ -74,7 +74,7 @@ def f1_gain_weights(pred: torch.Tensor, true: torch.Tensor, n_classes: int, prio
 
 def f1_gain_weights_from_confusion(C: torch.Tensor, prior: float = 0.5) -> torch.Tensor:
     """A pooled confusion matrix C [K, K] (true, read; counts or expected counts) -> W [K, K] as above."""
-    present = (C.sum(0) + C.sum(1)) > 0
+    present = (C.sum(0) + C.sum(1)) >= 0.5      # expected counts: a softmax's 1e-30 on a class is not a class present
     C = C.double() + prior * present[:, None] * present[None, :]
     tp = C.diag()
     fp, fn = C.sum(0) - tp, C.sum(1) - tp
