@@ -10,9 +10,10 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
 # torch first, pinned: the CPU build; an unpinned torch would pull a multi-GB CUDA build
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# constraints.txt: the exact versions the suite was run with, so a fresh machine gets what CI tested
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
 	touch $@
 
 setup: $(VENV)/.installed

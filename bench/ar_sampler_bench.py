@@ -1,8 +1,15 @@
-"""Sampling speed of the AR world model: our KV-cache rollout sampler vs transformers' generate().
+"""Sampling speed of the AR world model, side by side in one run (issue 20):
 
-Same model, same inputs (frame 0's codes + 15 real actions), batch of 8 rollouts, top-p 0.8, in one
-run. generate() gets a logits processor that forces the action tokens and restricts every other
-position to the visual vocabulary, so both make the same kind of rollout. Frames/s = B * 15 / time.
+  - old_hf_cache_fp32: the sampler before issue 20 (transformers' `past_key_values` cache, grown by
+    concatenation at every token; kept here as the baseline, it is gone from the package);
+  - ours_kv_fp32: the new sampler (rlir/models/kv_decoder.py: preallocated cache, keys stored transposed);
+  - ours_kv_bf16: the same with bfloat16 weights (posttrain's `rollout_precision: bf16`);
+  - hf_generate: transformers' generate() with a logits processor that forces the action tokens and
+    keeps every other position in the visual vocabulary, so all make the same kind of rollout.
+
+Same model, same inputs (frame 0's codes + 15 actions), batch 8, top-p 0.8. Frames/s = B * 15 / time.
+`max_logp_diff`: each path's sampled log-probs against the float32 teacher-forced scorer of the
+training loss, on that path's own tokens (what the GRPO ratio at its first pass depends on).
 
     python bench/ar_sampler_bench.py [--world-model CKPT] [--batch 8] [--repeats 3] [--out JSON]
 """
@@ -40,7 +47,36 @@ class ForceActions:
         return out
 
 
+@torch.no_grad()
+def old_sample(model, cfg: ARConfig, codes0, actions, frames, top_p=0.8, generator=None):
+    """The pre-issue-20 sampler: transformers' DynamicCache through `past_key_values`, one token a call."""
+    from rlir.models.ar_world_model import TOKENS_PER_ACTION, Rollout, policy_logprobs
+    from rlir.utils.rand import multinomial
+    B, N = codes0.shape[0], cfg.tokens_per_frame
+    act = action_tokens(actions[:, : frames - 1], cfg.n_codes, codes0.device)
+    zero_a = torch.zeros(B, TOKENS_PER_ACTION)
+    toks, logps, mask = [codes0.long(), act[:, 0]], [torch.zeros(B, N), zero_a], [torch.zeros(B, N), zero_a]
+    feed, cache = torch.cat([codes0.long(), act[:, 0]], 1), None
+    for t in range(1, frames):
+        ft, fl = [], []
+        for j in range(N):
+            out = model(input_ids=feed, past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            lp = policy_logprobs(out.logits[:, -1], cfg.n_codes, 1.0, top_p)
+            tok = multinomial(lp.exp(), 1, generator)
+            ft.append(tok)
+            fl.append(lp.gather(-1, tok))
+            feed = tok if j < N - 1 else (torch.cat([tok, act[:, t]], 1) if t < frames - 1 else None)
+        toks += [torch.cat(ft, 1)] + ([act[:, t]] if t < frames - 1 else [])
+        logps += [torch.cat(fl, 1)] + ([zero_a] if t < frames - 1 else [])
+        mask += [torch.ones(B, N)] + ([zero_a] if t < frames - 1 else [])
+    return Rollout(torch.cat(toks, 1), torch.cat(logps, 1), torch.cat(mask, 1))
+
+
 def main() -> None:
+    import copy
+    import warnings
+    from rlir.models.ar_world_model import score
     p = argparse.ArgumentParser()
     p.add_argument("--world-model", help="an AR world-model checkpoint (default: a tiny preset, random weights)")
     p.add_argument("--batch", type=int, default=8)
@@ -51,6 +87,7 @@ def main() -> None:
     p.add_argument("--out", default="bench/results/ar_sampler.json")
     a = p.parse_args()
     from transformers import LogitsProcessorList
+    warnings.filterwarnings("ignore", message=".*past_key_values.*")     # the old path's deprecation notice
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -60,6 +97,7 @@ def main() -> None:
     else:
         cfg = ARConfig()
         model = build_llama(cfg).eval()
+    model_bf16 = copy.deepcopy(model).to(torch.bfloat16).eval()
     B, F = a.batch, a.frames
     g = torch.Generator().manual_seed(a.seed)
     codes0 = torch.randint(0, cfg.n_codes, (B, cfg.tokens_per_frame), generator=g)
@@ -67,35 +105,51 @@ def main() -> None:
     act = action_tokens(actions, cfg.n_codes, "cpu")
     prompt = torch.cat([codes0, act[:, 0]], 1)
     new_tokens = cfg.seq_len(F) - prompt.shape[1]
-    res = {"ours_kv_cache": [], "hf_generate": []}
     processors = LogitsProcessorList([ForceActions(cfg, prompt.shape[1], act)])
     gen_kw = dict(attention_mask=torch.ones_like(prompt), do_sample=True, top_p=0.8, top_k=0, temperature=1.0,
                   logits_processor=processors, pad_token_id=0)
+    paths = {
+        "old_hf_cache_fp32": lambda gen, n: old_sample(model, cfg, codes0, actions, n, 0.8, gen),
+        "ours_kv_fp32": lambda gen, n: sample(model, cfg, codes0, actions, frames=n, top_p=0.8, generator=gen),
+        "ours_kv_bf16": lambda gen, n: sample(model_bf16, cfg, codes0, actions, frames=n, top_p=0.8, generator=gen),
+        "hf_generate": lambda gen, n: model.generate(prompt, max_new_tokens=cfg.seq_len(n) - prompt.shape[1],
+                                                     min_new_tokens=cfg.seq_len(n) - prompt.shape[1], **gen_kw),
+    }
+    res, logp_diff = {k: [] for k in paths}, {}
     with torch.no_grad():   # warm-up: first calls pay for lazy initialisation in torch and transformers
-        sample(model, cfg, codes0, actions, frames=2, top_p=0.8)
-        model.generate(prompt, max_new_tokens=cfg.block, **gen_kw)
+        for fn in paths.values():
+            fn(torch.Generator().manual_seed(0), 2)
     for r in range(a.repeats):
-        t0 = time.perf_counter()
-        sample(model, cfg, codes0, actions, frames=F, top_p=0.8, generator=torch.Generator().manual_seed(r))
-        res["ours_kv_cache"].append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            out = model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **gen_kw)
-        res["hf_generate"].append(time.perf_counter() - t0)
-        assert out.shape[1] == cfg.seq_len(F)
+        for name, fn in paths.items():
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                out = fn(torch.Generator().manual_seed(r), F)
+            res[name].append(time.perf_counter() - t0)
+            if name != "hf_generate" and r == 0:
+                with torch.no_grad():
+                    ref = score(model, cfg, out.tokens, out.mask, 1.0, 0.8)
+                m = out.mask > 0
+                logp_diff[name] = float((ref - out.logps)[m].abs().max())
+            elif name == "hf_generate":
+                assert out.shape[1] == cfg.seq_len(F)
     frames_made = B * (F - 1)
-    summary = {name: {"seconds": min(ts), "frames_per_s": frames_made / min(ts), "all_seconds": ts}
-               for name, ts in res.items()}
+    summary = {name: {"seconds": min(ts), "frames_per_s": frames_made / min(ts), "all_seconds": ts,
+                      "max_logp_diff": logp_diff.get(name)} for name, ts in res.items()}
+    base = summary["old_hf_cache_fp32"]["seconds"]
     report = {"bench": "ar_sampler", "command": " ".join(sys.argv), "seed": a.seed, "batch": B, "frames": F,
               "tokens_per_frame": cfg.tokens_per_frame, "params": sum(p.numel() for p in model.parameters()),
               "world_model": a.world_model or "tiny preset, random weights", "torch_threads": torch.get_num_threads(),
               "machine": platform.processor() or platform.machine(), "results": summary,
-              "speedup": summary["hf_generate"]["seconds"] / summary["ours_kv_cache"]["seconds"]}
+              "speedup_vs_old": {k: base / v["seconds"] for k, v in summary.items()},
+              "speedup_vs_generate": {k: summary["hf_generate"]["seconds"] / v["seconds"] for k, v in summary.items()}}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=2) + "\n")
-    for name, s in summary.items():
-        print(f"{name:14s} {s['frames_per_s']:7.1f} frames/s  ({s['seconds']:.2f} s for {B} rollouts of {F - 1} frames)")
-    print(f"speedup {report['speedup']:.2f}x; wrote {a.out}")
+    print(f"{'path':18s} {'frames/s':>9s} {'x old':>6s} {'x generate':>10s} {'max |dlogp|':>11s}")
+    for name, s_ in summary.items():
+        d = "" if s_["max_logp_diff"] is None else f"{s_['max_logp_diff']:.1e}"
+        print(f"{name:18s} {s_['frames_per_s']:9.1f} {report['speedup_vs_old'][name]:6.2f} "
+              f"{report['speedup_vs_generate'][name]:10.2f} {d:>11s}")
+    print(f"wrote {a.out}")
 
 
 if __name__ == "__main__":

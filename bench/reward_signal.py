@@ -15,8 +15,12 @@ training prompts and reports, per reward mode:
   - per action group: the within-(prompt, frame) correlation of "the IDM reads this group right" between
     the two IDMs: which groups carry a signal the judge shares.
 
+With `--rollout branch` the G rollouts of a prompt share every frame but one (the trainer's branching
+rollouts: a shared rollout, G alternatives of frame k), and every figure is taken on frame k's reward
+alone: the only difference GRPO sees there.
+
     python bench/reward_signal.py --world-model WM --idm IDM --judge JUDGE --data DATA \
-        [--prompts 32] [--generations 8] [--top-p 0.8] --out bench/results/reward_signal.json
+        [--prompts 32] [--generations 8] [--top-p 0.8] [--rollout full|branch] --out bench/results/reward_signal.json
 """
 from __future__ import annotations
 
@@ -87,6 +91,8 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=32, help="rollouts per sampler call")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rollout", choices=("full", "branch"), default="full",
+                   help="branch: G alternatives of one frame after a shared rollout, scored on that frame")
     p.add_argument("--reuse-videos", action="store_true", help="keep the rollouts next to --out and reuse them")
     p.add_argument("--out", required=True)
     a = p.parse_args()
@@ -104,17 +110,31 @@ def main() -> None:
     frames = torch.from_numpy(clips["frames"]).repeat_interleave(G, 0)
     actions = torch.from_numpy(clips["actions"].astype(np.int64)).repeat_interleave(G, 0)
     cache = Path(a.out).with_suffix(".videos.npy")
-    videos = [torch.from_numpy(np.load(cache))] if a.reuse_videos and cache.is_file() else []
-    per_call = max(G, a.batch_size // G * G)
+    kcache = cache.with_suffix(".branch.npy")
+    reuse = a.reuse_videos and cache.is_file() and (a.rollout == "full" or kcache.is_file())
+    videos = [torch.from_numpy(np.load(cache))] if reuse else []
+    ks = [np.load(kcache)] if reuse and a.rollout == "branch" else []
+    per_call = G if a.rollout == "branch" else max(G, a.batch_size // G * G)   # branch: a frame k per prompt
     for s in range(0, len(frames) if not videos else 0, per_call):
         sl = slice(s, s + per_call)
         gen = GroupGenerators([a.seed * 7919 + s // G + k for k in range(len(frames[sl]) // G)], G, "cpu")
-        videos.append(policy.rollout(frames[sl, 0], actions[sl], gen).video)
+        if a.rollout == "branch":
+            ro = policy.rollout_branch(frames[sl, 0], actions[sl], gen, G)
+            ks.append(ro.data["branch_frame"].numpy())
+        else:
+            ro = policy.rollout(frames[sl, 0], actions[sl], gen)
+        videos.append(ro.video)
         print(f"rolled out {s + len(frames[sl])}/{len(frames)}", flush=True)
     video = torch.cat(videos)
     if a.reuse_videos:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.save(cache, video.numpy())
+        if ks:
+            np.save(kcache, np.concatenate(ks))
+    # what GRPO compares within a group: every frame (full), or the branch frame's reward (branch)
+    branch_col = np.concatenate(ks) - 1 if ks else None
+    view = ((lambda x: x) if branch_col is None else
+            (lambda x: np.take_along_axis(x, branch_col[:, None], 1)))
     null = tuple(store.metadata.get("null_groups", {}))
     shown = shown_groups(null)
     idms = {"reward_idm": load_idm(a.idm, "cpu")[0].eval(), "judge": load_idm(a.judge, "cpu")[0].eval()}
@@ -124,11 +144,12 @@ def main() -> None:
     true = actions[:, :n]
     report = {"bench": "reward_signal", "command": " ".join(sys.argv), "seed": a.seed, "world_model": a.world_model,
               "idm": a.idm, "judge": a.judge, "data": a.data, "prompts": len(windows), "generations": G,
-              "sampler": {"temperature": a.temperature, "top_p": a.top_p},
+              "sampler": {"temperature": a.temperature, "top_p": a.top_p}, "rollout": a.rollout,
               "rollout_brightness": float(video[:, 1:].float().mean()),
               "prompt_brightness": float(torch.from_numpy(clips["frames"][:, 1:]).float().mean()), "modes": {}}
-    per = {(k, mode): per_frame_inverse_reward(lg, actions, mode, shown).numpy()
+    per = {(k, mode): view(per_frame_inverse_reward(lg, actions, mode, shown).numpy())
            for k, lg in logits.items() for mode in MODES}
+    n = next(iter(per.values())).shape[1]
     # which training reward predicts the judge's argmax readings (what its F1 counts)?
     report["cross_corr_frame"] = {f"{x} -> judge {y}": pooled_corr(centred(per["reward_idm", x], G),
                                                                  centred(per["judge", y], G))
@@ -154,7 +175,7 @@ def main() -> None:
             pred, t = lg[g].argmax(-1), true[..., g]
             if g in CAMERA:
                 pred, t = _direction(pred), _direction(t)
-            right[k] = (pred == t).float().numpy()
+            right[k] = view((pred == t).float().numpy())
         groups[GROUPS[g]] = {"reward_idm_right": float(right["reward_idm"].mean()),
                              "judge_right": float(right["judge"].mean()),
                              "corr_frame": pooled_corr(centred(right["reward_idm"], G), centred(right["judge"], G)),
@@ -163,7 +184,7 @@ def main() -> None:
     report["minutes"] = (time.time() - t0) / 60
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{len(windows)} prompts x {G} rollouts (top-p {a.top_p}); brightness {report['rollout_brightness']:.1f} "
+    print(f"{len(windows)} prompts x {G} {a.rollout} rollouts (top-p {a.top_p}); brightness {report['rollout_brightness']:.1f} "
           f"(real {report['prompt_brightness']:.1f})")
     print(f"{'mode':10s} {'reward':>7s} {'judge':>7s} {'std vid':>8s} {'std frm':>8s} {'corr vid':>22s} {'corr frm':>9s}")
     for mode, m in report["modes"].items():
