@@ -121,7 +121,8 @@ def test_vq_tokenizer_trains_under_fsdp(tmp_path, data):
 def _posttrain_sets(parallel: str) -> list[str]:
     return ["frames=4", "steps=2", "batch_size=2", "num_generations=4", "gradient_accumulation_steps=2", "lr=1e-3",
             "beta=0.01", "eval_every=2", "probe_clips=2", "media_every=0", "save_every=1", "sde_steps=4",
-            "eval_steps=3", "threads=1", "max_minutes=0", f"parallel={parallel}", "reward_mode=per_group"]
+            "eval_steps=3", "threads=1", "max_minutes=0", f"parallel={parallel}", "precision=fp32",
+            "rollout_precision=fp32", f"reward_mode={'f1_gain_soft' if parallel == 'ddp' else 'per_group'}"]
 
 
 def _rows(run: Path) -> list[dict]:

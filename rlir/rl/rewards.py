@@ -65,11 +65,16 @@ def balanced_accuracy_per_frame(pred: torch.Tensor, true: torch.Tensor, n_classe
     return (pred == true).float() * weight
 
 
+def confusion(pred: torch.Tensor, true: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Class ids (any shape) -> counts C [K, K] (true, read), float64."""
+    C = torch.bincount((true.flatten() * n_classes + pred.flatten()).long(), minlength=n_classes ** 2)
+    return C.view(n_classes, n_classes).double()
+
+
 def f1_gain_weights(pred: torch.Tensor, true: torch.Tensor, n_classes: int, prior: float = 0.5) -> torch.Tensor:
     """One group's pooled readings (any shape, class ids) -> W [K, K] with W[t, p] the first-order change
     of macro F1 (over the classes present) when one more frame of true class t is read as p."""
-    C = torch.bincount((true.flatten() * n_classes + pred.flatten()).long(), minlength=n_classes ** 2)
-    return f1_gain_weights_from_confusion(C.view(n_classes, n_classes).double(), prior)
+    return f1_gain_weights_from_confusion(confusion(pred, true, n_classes), prior)
 
 
 def f1_gain_weights_from_confusion(C: torch.Tensor, prior: float = 0.5) -> torch.Tensor:
@@ -128,11 +133,13 @@ def _group_probs(logits: list[torch.Tensor], g: int) -> torch.Tensor:
 
 
 def f1_gain_soft_per_frame(logits: list[torch.Tensor], true: torch.Tensor,
-                           groups: tuple[int, ...] | None = None) -> torch.Tensor:
+                           groups: tuple[int, ...] | None = None, pool=None) -> torch.Tensor:
     """The f1_gain reward in expectation over the IDM's reading instead of at its argmax (Rao-Blackwellised:
     lower variance, same optimum). With P[b, i] the IDM's distribution for frame i and C the batch's
     expected confusion matrix, r_i = sum_p P[i, p] W[t_i, p] x N. Every wrong class a frame puts mass on
-    costs (W's off-diagonal is negative), so spreading probability over rare classes is not paid."""
+    costs (W's off-diagonal is negative), so spreading probability over rare classes is not paid.
+    `pool`: sums a confusion matrix over the processes that share the batch (None: this batch is the pool)."""
+    pool = pool or (lambda c: c)
     groups = tuple(range(len(GROUPS))) if groups is None else tuple(groups)
     per = []
     for g in groups:
@@ -142,22 +149,25 @@ def f1_gain_soft_per_frame(logits: list[torch.Tensor], true: torch.Tensor,
         if g in CAMERA:
             t = _direction(t)
         onehot = torch.nn.functional.one_hot(t, k).to(P.dtype)
-        C = torch.einsum("bnt,bnp->tp", onehot, P)
+        C = pool(torch.einsum("bnt,bnp->tp", onehot, P).double())
         W = f1_gain_weights_from_confusion(C).to(P.device)
-        per.append((P * W[t]).sum(-1) * t.numel())
+        per.append((P * W[t]).sum(-1) * C.sum().item())            # x N: the pool's frames
     return torch.stack(per, -1).mean(-1)
 
 
-def f1_gain_per_frame(pred: torch.Tensor, true: torch.Tensor, groups: tuple[int, ...] | None = None) -> torch.Tensor:
+def f1_gain_per_frame(pred: torch.Tensor, true: torch.Tensor, groups: tuple[int, ...] | None = None,
+                      pool=None) -> torch.Tensor:
     """pred, true [B, n, 9] -> [B, n]: each frame's first-order share of the batch's pooled macro F1, x N."""
     groups = tuple(range(len(GROUPS))) if groups is None else tuple(groups)
+    pool = pool or (lambda c: c)
     per = []
     for g in groups:
         p, t, k = pred[..., g], true[..., g], N_CLASSES[g]
         if g in CAMERA:
             p, t, k = _direction(p), _direction(t), 3
-        W = f1_gain_weights(p, t, k).to(pred.device)
-        per.append(W[t, p] * t.numel())
+        C = pool(confusion(p, t, k))
+        W = f1_gain_weights_from_confusion(C).to(pred.device)
+        per.append(W[t, p] * C.sum().item())
     return torch.stack(per, -1).mean(-1)
 
 
@@ -165,6 +175,21 @@ def inverse_reward(logits: list[torch.Tensor], actions: torch.Tensor, mode: str 
                    groups: tuple[int, ...] | None = None) -> torch.Tensor:
     """logits: per group [B, n, K_g]; actions [B, >=n, 9] -> reward [B] (float32): Eq. 3's mean over frames."""
     return per_frame_inverse_reward(logits, actions, mode, groups).mean(-1)
+
+
+def _ranks_sum():
+    """Under torchrun the pool of a pooled reward is the whole batch, every rank's share summed (so N
+    processes give what one gives); every rank scores its rollouts at the same point of a step."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return None
+
+    def pool(C: torch.Tensor) -> torch.Tensor:
+        dev = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        C = C.double().to(dev).clone()
+        dist.all_reduce(C)
+        return C.cpu()
+    return pool
 
 
 class InverseReward:
@@ -201,10 +226,10 @@ class InverseReward:
                                                 self.groups).cpu())
         if self.mode == "f1_gain_soft":
             logits = [torch.cat(x) for x in zip(*out)]
-            return f1_gain_soft_per_frame(logits, actions[:, :logits[0].shape[1]].long(), self.groups)
+            return f1_gain_soft_per_frame(logits, actions[:, :logits[0].shape[1]].long(), self.groups, _ranks_sum())
         if self.mode in POOLED:
             pred = torch.cat(out)
-            return f1_gain_per_frame(pred, actions[:, :pred.shape[1]].long(), self.groups)
+            return f1_gain_per_frame(pred, actions[:, :pred.shape[1]].long(), self.groups, _ranks_sum())
         return torch.cat(out)
 
     def __call__(self, frames, actions) -> torch.Tensor:
