@@ -276,7 +276,7 @@ def test_f1_gain_soft_pays_a_confident_right_reading_not_a_frozen_or_unsure_one(
     assert torch.allclose(soft, hard, atol=1e-3)
 
 
-def test_discrete_reward_groups_leave_the_camera_out(tmp_path):
+def test_discrete_reward_groups_leave_the_camera_out():
     from rlir.rl.trainer import build_reward_fns
     idm = torch.nn.Linear(1, 1)
     for setting, camera_in in (("shown", True), ("discrete", False)):

@@ -65,6 +65,11 @@ def balanced_accuracy_per_frame(pred: torch.Tensor, true: torch.Tensor, n_classe
     return (pred == true).float() * weight
 
 
+def _one_pool(C: torch.Tensor) -> torch.Tensor:
+    """The pool of a pooled reward when this process holds the whole batch."""
+    return C
+
+
 def confusion(pred: torch.Tensor, true: torch.Tensor, n_classes: int) -> torch.Tensor:
     """Class ids (any shape) -> counts C [K, K] (true, read), float64."""
     C = torch.bincount((true.flatten() * n_classes + pred.flatten()).long(), minlength=n_classes ** 2)
@@ -133,13 +138,12 @@ def _group_probs(logits: list[torch.Tensor], g: int) -> torch.Tensor:
 
 
 def f1_gain_soft_per_frame(logits: list[torch.Tensor], true: torch.Tensor,
-                           groups: tuple[int, ...] | None = None, pool=None) -> torch.Tensor:
+                           groups: tuple[int, ...] | None = None, pool=_one_pool) -> torch.Tensor:
     """The f1_gain reward in expectation over the IDM's reading instead of at its argmax (Rao-Blackwellised:
     lower variance, same optimum). With P[b, i] the IDM's distribution for frame i and C the batch's
     expected confusion matrix, r_i = sum_p P[i, p] W[t_i, p] x N. Every wrong class a frame puts mass on
     costs (W's off-diagonal is negative), so spreading probability over rare classes is not paid.
-    `pool`: sums a confusion matrix over the processes that share the batch (None: this batch is the pool)."""
-    pool = pool or (lambda c: c)
+    `pool`: sums a confusion matrix over the processes that share the batch (default: this batch is the pool)."""
     groups = tuple(range(len(GROUPS))) if groups is None else tuple(groups)
     per = []
     for g in groups:
@@ -156,10 +160,9 @@ def f1_gain_soft_per_frame(logits: list[torch.Tensor], true: torch.Tensor,
 
 
 def f1_gain_per_frame(pred: torch.Tensor, true: torch.Tensor, groups: tuple[int, ...] | None = None,
-                      pool=None) -> torch.Tensor:
+                      pool=_one_pool) -> torch.Tensor:
     """pred, true [B, n, 9] -> [B, n]: each frame's first-order share of the batch's pooled macro F1, x N."""
     groups = tuple(range(len(GROUPS))) if groups is None else tuple(groups)
-    pool = pool or (lambda c: c)
     per = []
     for g in groups:
         p, t, k = pred[..., g], true[..., g], N_CLASSES[g]
@@ -182,7 +185,7 @@ def _ranks_sum():
     processes give what one gives); every rank scores its rollouts at the same point of a step."""
     import torch.distributed as dist
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return None
+        return _one_pool
 
     def pool(C: torch.Tensor) -> torch.Tensor:
         dev = "cuda" if dist.get_backend() == "nccl" else "cpu"
