@@ -4,7 +4,7 @@ VENV    ?= .venv
 TORCH   ?= torch==2.13.0
 BIN     := $(VENV)/bin
 
-.PHONY: setup demo smoke test bench clean
+.PHONY: setup browser demo smoke test bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -16,7 +16,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
 	touch $@
 
-setup: $(VENV)/.installed
+# the browser tests drive Debian's chromium through Selenium (no browser download); root installs it
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && (apt-get install -y -q chromium chromium-driver || \
+	    (apt-get update -q && apt-get install -y -q chromium chromium-driver)) >/dev/null; } || \
+	  echo "note: chromium/chromium-driver missing and not root: the browser tests will be skipped"
+
+setup: $(VENV)/.installed browser
 
 demo: setup
 	$(BIN)/rlir demo

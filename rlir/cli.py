@@ -379,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a demo setting, e.g. --set wm_minutes=20 (see rlir/demo.py: DemoConfig)")
     m.set_defaults(func=cmd_demo)
+
+    from rlir.human_eval.cli import add_human_eval_parser
+    from rlir.play.cli import add_play_parser
+    add_play_parser(sub, common)
+    add_human_eval_parser(sub, common)
     return p
 
 
