@@ -1,6 +1,78 @@
-"""Argument parser of this verb (filled in by the feature's implementation)."""
+"""`rlir play`: its argument parser and command (imports stay light: the parser is built on every call)."""
 from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("rlir.play")
 
 
 def add_play_parser(sub, common) -> None:
-    """Register the verb on the top-level subparsers (imports stay light: the parser is built on every call)."""
+    """Register the verb on the top-level subparsers."""
+    p = sub.add_parser("play", parents=[common], help="drive a world model from a web page, one frame per key press",
+                       description="Serve a local web page (Flask; every asset local) on which you pick a start "
+                       "frame (a test clip of --data, or a PNG of the model's resolution) and drive the world "
+                       "model: W/A/S/D move, Shift sprints, C sneaks, Space jumps, F attacks, Q drops, E uses, "
+                       "arrow keys turn and look; each press generates the next frame. Each page load is its "
+                       "own session (its own cache); a session longer than the model's clip length keeps its "
+                       "last --context frames and goes on.")
+    p.add_argument("--world-model", required=True, help="world-model checkpoint (ar or diffusion), e.g. RUN/checkpoints/best")
+    p.add_argument("--data", help="episode store whose test clips give the start frames to pick from")
+    p.add_argument("--max-clips", type=int, default=48, help="start frames offered from --data (default 48)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--context", type=int, help="frames kept when the window reaches the clip length "
+                                               "(default half of it; clip length - 1 keeps the most, re-priming every frame)")
+    p.add_argument("--seed", type=int, help="sampling seed of every session (default: a fresh one per session)")
+    p.add_argument("--temperature", type=float, default=1.0, help="AR sampling temperature (default 1.0)")
+    p.add_argument("--top-p", type=float, default=0.8, help="AR nucleus sampling (the evaluation's: 0.8)")
+    p.add_argument("--steps", type=int, default=18, help="diffusion: ODE steps (the evaluation's: 18)")
+    p.add_argument("--solver", default="dpm++", choices=["dpm++", "euler"], help="diffusion: ODE solver")
+    p.add_argument("--max-sessions", type=int, default=8,
+                   help="sessions held at once; the least recently used goes first (default 8)")
+    p.set_defaults(func=cmd_play)
+
+
+def cmd_play(a) -> int:
+    import socket
+
+    from werkzeug.serving import make_server
+
+    from rlir.errors import ConfigError
+    from rlir.play.server import create_app, load_starts
+    from rlir.play.session import PlayModel, Sessions
+    if not 0 <= a.port <= 65535:
+        raise ConfigError(f"--port must be between 0 and 65535, got {a.port}")
+    if a.max_sessions < 1:
+        raise ConfigError(f"--max-sessions must be at least 1, got {a.max_sessions}")
+    pm = PlayModel(a.world_model, a.device, a.context, top_p=a.top_p, temperature=a.temperature, steps=a.steps,
+                   solver=a.solver)
+    pm.warmup()
+    starts, null_groups = [], ()
+    if a.data:
+        from rlir.data.store import EpisodeStore
+        starts = load_starts(a.data, pm, a.max_clips)
+        null_groups = tuple(EpisodeStore(a.data).metadata.get("null_groups", {}))
+    app = create_app(pm, starts, Sessions(pm, a.max_sessions, seed=a.seed), null_groups)
+    if not a.verbose:                 # one log line per frame is noise; -v shows the requests
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    try:     # bound here: werkzeug's own bind prints two lines and exits on a taken port
+        sock = socket.create_server((a.host, a.port), family=socket.AF_INET6 if ":" in a.host else socket.AF_INET)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {a.host}:{a.port}: {e.strerror or e}; give another --port "
+                          f"(0 picks a free one)") from None
+    server = make_server(a.host, a.port, app, threaded=True, fd=sock.fileno())
+    host = "127.0.0.1" if a.host in ("0.0.0.0", "") else a.host
+    if a.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s: anyone who can reach this machine can drive the model", a.host)
+    print(f"rlir play: {pm.paradigm} world model {a.world_model} ({pm.resolution[0]}x{pm.resolution[1]}, clip "
+          f"{pm.clip_len} frames, {len(starts)} start frames) on http://{host}:{server.port}/  (Ctrl-C stops)",
+          flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("rlir play: stopped")
+    finally:
+        server.server_close()
+        sock.close()
+    return 0
