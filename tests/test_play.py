@@ -294,6 +294,29 @@ def test_browser_plays_ten_frames_from_key_presses(world):
 
 
 # --- the command line ----------------------------------------------------------------------------
+def test_cli_serves_the_page(world):
+    """`rlir play` itself: a free port (0), the address printed, the page and the API answering."""
+    import json
+    import subprocess
+    import sys
+    import urllib.request
+    assert subprocess.run([sys.executable, "-m", "rlir", "play", "--help"], capture_output=True,
+                          text=True).stdout.count("--world-model") >= 1
+    p = subprocess.Popen([sys.executable, "-m", "rlir", "-q", "play", "--world-model", world["diffusion"], "--data",
+                          world["data"], "--port", "0", "--steps", "2"], stdout=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()
+        assert "diffusion world model" in line and "4 start frames" in line, line
+        url = line.split(" on ")[1].split()[0]
+        assert urllib.request.urlopen(url).read().startswith(b"<!doctype html>")
+        info = json.loads(urllib.request.urlopen(url + "api/info").read())
+        assert info["sampler"] == {"steps": 2, "solver": "dpm++"} and len(info["starts"]) == 4
+    finally:
+        p.terminate()
+        p.wait(10)
+        p.stdout.close()
+
+
 def test_cli_refuses_bad_inputs(world, capsys):
     from rlir.cli import main
     root = world["root"]

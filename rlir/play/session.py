@@ -90,15 +90,16 @@ def read_png(data: bytes, resolution: tuple[int, int]) -> np.ndarray:
     from PIL import Image
     if not data.startswith(b"\x89PNG\r\n\x1a\n"):
         raise BadInput("the upload is not a PNG image")
+    h, w = resolution
     try:
         img = Image.open(io.BytesIO(data))
-        img.load()
+        if img.size != (w, h):       # from the header, before decoding a possibly huge image
+            raise BadInput(f"the PNG is {img.size[0]}x{img.size[1]} pixels; this model takes {w}x{h} (width x height)")
+        return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    except BadInput:
+        raise
     except Exception as e:           # PIL raises several types for a damaged file
         raise BadInput(f"the PNG could not be read ({e})") from None
-    h, w = resolution
-    if img.size != (w, h):
-        raise BadInput(f"the PNG is {img.size[0]}x{img.size[1]} pixels; this model takes {w}x{h} (width x height)")
-    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
 def png_bytes(frame: np.ndarray) -> bytes:

@@ -192,7 +192,10 @@ async function init() {
   });
   document.addEventListener("keydown", (e) => onKey(e, true));
   document.addEventListener("keyup", (e) => onKey(e, false));
-  window.addEventListener("blur", () => { state.held.clear(); });
+  window.addEventListener("blur", () => {       // keys released outside the page would stay held
+    state.held.clear();
+    document.querySelectorAll("button.held").forEach((b) => b.classList.remove("held"));
+  });
   state.session = (await post("/api/sessions")).session;
   document.body.dataset.ready = "1";
 }
