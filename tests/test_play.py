@@ -122,6 +122,7 @@ def test_window_slides_past_the_clip_length(world, paradigm):
     assert [r["context"] for r in rs] == [1, 2, 3, 2, 3, 2, 3, 2, 3, 2]
     assert [r["slid"] for r in rs] == [False, False, False, True, False, True, False, True, False, True]
     assert s.t == 10 and s.slides == 4 and len(s.window) == 3 and len(s.actions) == 2
+    assert len(s.history) == 11 and len(s.history_actions) == 10       # what the page's GIF shows
     assert all(r["frame"].shape == (*HW, 3) and r["frame"].dtype == np.uint8 for r in rs)
     if paradigm == "ar":      # the KV cache holds exactly the window: 3 frames, the 2 actions between them
         assert s.dec.pos == 3 * 16 + 2 * 11 - 1      # the last sampled token waits to be fed with the next action
@@ -224,6 +225,9 @@ def test_http_api_and_its_errors(world):
     assert c.post(f"{u}/start", json={"start": 99}).status_code == 400
     r = c.post(f"{u}/step", json={"controls": []}).get_json()                # the session survived the bad input
     assert r["t"] == 2 and r["action"] == [0, 0, 0, 0, 0, 0, 0, 5, 5]
+    from PIL import Image
+    gif = Image.open(io.BytesIO(c.get(f"{u}/clip.gif").data))                 # frame 0 and the 2 made so far
+    assert gif.format == "GIF" and gif.n_frames == 3
     r = c.post(f"{u}/reset").get_json()
     assert r["t"] == 0 and np.array_equal(decode(r["frame"]), real)
     r = c.post(f"{u}/start", data={"png": (io.BytesIO(png()), "green.png")}).get_json()

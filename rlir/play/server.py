@@ -7,6 +7,7 @@
     POST /api/sessions/<id>/start   {"start": i} or a multipart PNG upload ("png") -> frame 0
     POST /api/sessions/<id>/step    {"controls": [...]} or {"action": [9 ints]} -> the next frame, its action strip
     POST /api/sessions/<id>/reset   back to the start frame
+    GET  /api/sessions/<id>/clip.gif the frames so far, each over its action (the report's drawing)
 
 Errors are JSON {"error": text} with 400 (bad input), 404 (unknown session or path) or 413 (upload too
 large), so the page can show the text; a bad request never stops the server.
@@ -117,5 +118,10 @@ def create_app(pm: PlayModel, starts: list[dict] | None = None, sessions: Sessio
     @app.post("/api/sessions/<sid>/reset")
     def reset(sid: str):
         return frame_reply(sessions.reset(sid))
+
+    @app.get("/api/sessions/<sid>/clip.gif")
+    def clip_gif(sid: str):
+        return sessions.gif(sid), 200, {"Content-Type": "image/gif",
+                                        "Content-Disposition": 'attachment; filename="rlir-play.gif"'}
 
     return app

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import secrets
+from collections import deque
 import threading
 import time
 from pathlib import Path
@@ -23,6 +24,8 @@ import torch
 
 from rlir.actions import CAMERA_NULL_BIN, GROUPS, N_GROUPS, PITCH, YAW, null_action, validate_actions
 from rlir.errors import ConfigError, RlirError
+
+HISTORY = 256          # frames of a session kept for its GIF (the model itself needs only its window)
 
 
 class BadInput(RlirError):
@@ -162,6 +165,7 @@ class PlaySession:
             self.actions: list[torch.Tensor] = []    # actions[i] [1, 9] leads from window[i] to window[i + 1]
             self._prime()
         self.t, self.frame, self.slides = 0, self.start, 0
+        self.history, self.history_actions = deque([self.start], HISTORY), deque(maxlen=HISTORY - 1)
 
     def step(self, action: np.ndarray) -> dict:
         """Generate the frame that `action` leads to; returns it with timing (ms of model time)."""
@@ -177,12 +181,18 @@ class PlaySession:
             z = self._next(a)
             self.window.append(z)
             self.actions.append(a)
-            frame = self.pm.codec.decode(z)[0].cpu().numpy()
-            if self.dev.startswith("cuda"):
-                torch.cuda.synchronize()
+            frame = self.pm.codec.decode(z)[0].cpu().numpy()       # .cpu() waits for a GPU: the time is real
             ms = (time.perf_counter() - t0) * 1000
         self.t, self.frame = self.t + 1, frame
+        self.history.append(frame)
+        self.history_actions.append(np.asarray(action, dtype=np.int16))
         return {"frame": frame, "t": self.t, "ms": ms, "slid": slid, "context": len(self.window) - 1}
+
+    def gif(self) -> bytes:
+        """The frames so far (the last HISTORY) as the report draws a clip: each frame over the action taken at it."""
+        from rlir.eval.report import clip_gif
+        actions = np.stack([*self.history_actions, null_action()])
+        return clip_gif([("rlir play", np.stack(self.history))], actions)
 
     def _between(self) -> torch.Tensor:
         """The actions between the window's frames, [1, K-1, 9]."""
@@ -305,6 +315,11 @@ class Sessions:
         with slot["lock"]:                    # one visitor's frames in order, whatever the request threads do
             s = self._session(slot)
             return s, s.step(action)
+
+    def gif(self, sid: str) -> bytes:
+        slot = self._slot(sid)
+        with slot["lock"]:
+            return self._session(slot).gif()
 
     def reset(self, sid: str) -> PlaySession:
         slot = self._slot(sid)

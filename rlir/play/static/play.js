@@ -53,6 +53,7 @@ function showFrame(r) {                         // frame 0 after start/reset: th
   $("placeholder").hidden = true;
   $("film").replaceChildren();
   setCounter(0);
+  $("gif").hidden = false;
   $("ms").textContent = "– ms/frame";
   $("fps").textContent = "– fps";
   $("context").textContent = "";
@@ -197,6 +198,7 @@ async function init() {
     document.querySelectorAll("button.held").forEach((b) => b.classList.remove("held"));
   });
   state.session = (await post("/api/sessions")).session;
+  $("gif").href = `/api/sessions/${state.session}/clip.gif`;
   document.body.dataset.ready = "1";
 }
 
