@@ -15,20 +15,20 @@ def add_play_parser(sub, common) -> None:
                        "arrow keys turn and look; each press generates the next frame. Each page load is its "
                        "own session (its own cache); a session longer than the model's clip length keeps its "
                        "last --context frames and goes on.")
-    p.add_argument("--world-model", required=True, help="world-model checkpoint (ar or diffusion), e.g. RUN/checkpoints/best")
-    p.add_argument("--data", help="episode store whose test clips give the start frames to pick from")
-    p.add_argument("--max-clips", type=int, default=48, help="start frames offered from --data (default 48)")
+    p.add_argument("--world-model", required=True, metavar="CKPT", help="world-model checkpoint (ar or diffusion), e.g. RUN/checkpoints/best")
+    p.add_argument("--data", metavar="DIR", help="episode store whose test clips give the start frames to pick from")
+    p.add_argument("--max-clips", type=int, default=48, metavar="N", help="start frames offered from --data (default 48)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--context", type=int, help="frames kept when the window reaches the clip length "
+    p.add_argument("--port", type=int, default=8000, metavar="N", help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--device", default="cpu", metavar="DEV", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--context", type=int, metavar="N", help="frames kept when the window reaches the clip length "
                                                "(default half of it; clip length - 1 keeps the most, re-priming every frame)")
     p.add_argument("--seed", type=int, help="sampling seed of every session (default: a fresh one per session)")
     p.add_argument("--temperature", type=float, default=1.0, help="AR sampling temperature (default 1.0)")
     p.add_argument("--top-p", type=float, default=0.8, help="AR nucleus sampling (the evaluation's: 0.8)")
     p.add_argument("--steps", type=int, default=18, help="diffusion: ODE steps (the evaluation's: 18)")
     p.add_argument("--solver", default="dpm++", choices=["dpm++", "euler"], help="diffusion: ODE solver")
-    p.add_argument("--max-sessions", type=int, default=8,
+    p.add_argument("--max-sessions", type=int, default=8, metavar="N",
                    help="sessions held at once; the least recently used goes first (default 8)")
     p.set_defaults(func=cmd_play)
 
@@ -69,10 +69,9 @@ def cmd_play(a) -> int:
           f"{pm.clip_len} frames, {len(starts)} start frames) on http://{host}:{server.port}/  (Ctrl-C stops)",
           flush=True)
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        print("rlir play: stopped")
+        server.serve_forever()           # werkzeug's returns on Ctrl-C
     finally:
         server.server_close()
         sock.close()
+    print("rlir play: stopped")
     return 0
