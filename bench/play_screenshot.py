@@ -65,7 +65,7 @@ def main() -> int:
                 f = Path(tempfile.mkdtemp()) / "start.png"
                 f.write_bytes(png_bytes(np.random.default_rng(0).integers(0, 256, (*pm.resolution, 3), np.uint8)))
                 d.find_element(By.ID, "upload").send_keys(str(f))
-            wait.until(lambda d: d.find_element(By.ID, "start-img").get_attribute("src").startswith("data:"))
+            wait.until(lambda d: (d.find_element(By.ID, "start-img").get_attribute("src") or "").startswith("data:"))
             body = d.find_element(By.TAG_NAME, "body")
             for n, k in enumerate(keys, 1):
                 body.send_keys(k)

@@ -266,7 +266,7 @@ def test_browser_plays_ten_frames_from_key_presses(world):
         wait.until(lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
         assert not d.find_elements(By.ID, "btn-use") and d.find_elements(By.ID, "btn-sneak")
         d.find_elements(By.CSS_SELECTOR, "img.start")[0].click()
-        wait.until(lambda d: d.find_element(By.ID, "start-img").get_attribute("src").startswith("data:"))
+        wait.until(lambda d: (d.find_element(By.ID, "start-img").get_attribute("src") or "").startswith("data:"))
         start = decode(d.find_element(By.ID, "start-img").get_attribute("src"))
         body = d.find_element(By.TAG_NAME, "body")
         keys = ["w", "a", "s", "d", Keys.ARROW_LEFT, Keys.ARROW_RIGHT, Keys.ARROW_UP, Keys.SPACE, "f", "q"]
