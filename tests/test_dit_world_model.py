@@ -168,7 +168,7 @@ def test_train_autoencoder_then_diffusion_model_and_generate(tmp_path):
     common = ["--set", "model.resolution=[16,16]", "--set", "model.channels=[16,16]", "--set", "model.dim=4",
               "--set", "batch_size=4", "--set", "eval_every=2", "--set", "val_frames=8"]
     assert main(["-q", "autoencoder", "train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "ae"),
-                 "--set", "steps=4", *common]) == 0
+                 "--set", "steps=4", "--set", "precision=bf16", *common]) == 0   # bf16: the latent scale stays float
     assert main(["-q", "wm", "train", "--paradigm", "diffusion", "--data", str(tmp_path / "data"),
                  "--autoencoder", str(tmp_path / "ae" / "checkpoints" / "best"), "--out", str(tmp_path / "wm"),
                  "--set", "steps=3", "--set", "eval_every=3", "--set", "batch_size=2", "--set", "val_clips=2",

@@ -79,7 +79,7 @@ class VQTokenizer(nn.Module):
         if self.vq is None:
             if self.training:
                 with torch.no_grad():
-                    self.latent_scale.lerp_(z.std(), 0.01)
+                    self.latent_scale.lerp_(z.float().std(), 0.01)   # float: z is bf16 under autocast
             return self.decoder(z), z, 1e-4 * z.pow(2).mean()
         z, codes, commit = self.vq(z)
         return self.decoder(z), codes, commit.sum()
