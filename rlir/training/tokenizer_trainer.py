@@ -123,7 +123,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict:
                                       model)
             save_train_state(last, "tokenizer_train_state", model, opt, sched,
                              {"step": step, "best": best, "history": history}, {"sampler": sampler.rng})
-            log.info("step %d  val psnr %.2f dB  codebook usage %.2f", step, m["psnr"], m.get("codebook_usage", float("nan")))
+            usage = f"  codebook usage {m['codebook_usage']:.2f}" if "codebook_usage" in m else ""   # none without VQ
+            log.info("step %d  val psnr %.2f dB%s", step, m["psnr"], usage)
             if out_of_time:
                 break
     bar.close()
