@@ -6,7 +6,7 @@
 Serves the page on a free local port (as `rlir play` does), picks the first start frame of --data (or
 uploads a random PNG of the model's resolution without it), presses the keys one by one, waiting for
 each frame, and saves the page: start frame, current frame, the action strip under it, the pad, the
-frame rate and the frames so far. Uses tests/browser.py's Chromium (Debian's chromium, Selenium).
+frame rate and the frames so far. Uses rlir/utils/browser.py's Chromium (Debian's chromium, Selenium).
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def main() -> int:
 
     from rlir.play.server import create_app, load_starts
     from rlir.play.session import PlayModel, png_bytes
-    from tests.browser import browser
+    from rlir.utils.browser import headless_chromium
     torch.set_num_threads(a.threads)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     pm = PlayModel(a.world_model)
@@ -55,7 +55,7 @@ def main() -> int:
     keys = [getattr(Keys, {"Left": "ARROW_LEFT", "Right": "ARROW_RIGHT", "Up": "ARROW_UP", "Down": "ARROW_DOWN"}
                     .get(k, k.upper())) if len(k) > 1 else k for k in a.keys.split(",")]
     try:
-        with browser(a.width, a.height) as d:
+        with headless_chromium(a.width, a.height) as d:
             wait = WebDriverWait(d, 120)
             d.get(f"http://127.0.0.1:{srv.port}/")
             wait.until(lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
