@@ -5,7 +5,9 @@ and leave every file that was already there byte-identical, with no new folder l
 
 Runs in-process (`rlir.cli.main`) on a tiny world built in a temporary folder: a dataset, an AR world
 model, an IDM, a model and an IDM with a NaN weight, a generated store, a file where a folder
-belongs, and an output folder whose lock a second process holds. tests/test_bad_input_sweep.py runs it.
+belongs, an output folder whose lock a second process holds, and a port another socket listens on
+(`rlir play` serves forever once up, so each of its rows must be refused before it serves).
+tests/test_bad_input_sweep.py runs it.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -75,7 +78,7 @@ def cases(w: dict) -> list[tuple[str, list[str]]]:
     """(name, argv): every one is a user's mistake."""
     d, wm, idm, f, gen, r = w["data"], w["wm"], w["idm"], w["file"], w["gen"], w["root"]
     new = str(r / "new")                       # a folder that does not exist yet: must not be left behind
-    busy = w["busy"]
+    busy, port = w["busy"], w["port"]
     col = ["collect", "--out", new, "--episodes", "1", "--frames", "40", "--workers", "1"]
     ist = ["idm", "train", "--data", d, "--out", new]
     iev = ["idm", "eval", "--idm", idm, "--data", d, "--split", "train", "--clip-len", "4"]
@@ -83,6 +86,7 @@ def cases(w: dict) -> list[tuple[str, list[str]]]:
     wmt = ["wm", "train", "--data", d, "--tokenizer", idm, "--out", new]
     gen_ = ["generate", "--world-model", wm, "--data", d, "--split", "train", "--frames", "4"]
     ev = ["evaluate", "--data", d, "--idm", idm, "--split", "train", "--frames", "4", "--n-boot", "10"]
+    pl = ["play", "--world-model", wm]
     pt = ["posttrain", "--world-model", wm, "--idm", idm, "--data", d, "--set", "frames=4", "--set", "batch_size=2",
           "--set", "num_generations=2", "--set", "probe_clips=0", "--set", "steps=1"]
     out = [
@@ -203,12 +207,27 @@ def cases(w: dict) -> list[tuple[str, list[str]]]:
         ("demo --paradigm gan", ["demo", "--run", new, "--paradigm", "gan"]),
         ("demo --set wm_minutes=-1", ["demo", "--run", new, "--set", "wm_minutes=-1"]),
         ("demo --run LOCKED", ["demo", "--run", busy]),
+        ("play --world-model MISSING", ["play", "--world-model", str(r / "missing")]),
+        ("play --world-model IDM", ["play", "--world-model", idm]),
+        ("play --world-model NaN weights", ["play", "--world-model", w["wm_nan"]]),
+        ("play --world-model paradigm gan", ["play", "--world-model", w["wm_gan"]]),
+        ("play --world-model DATA", ["play", "--world-model", d]),
+        ("play --port 70000", [*pl, "--port", "70000"]),
+        ("play --port -1", [*pl, "--port", "-1"]),
+        ("play --port TAKEN", [*pl, "--port", port]),
+        ("play --max-sessions 0", [*pl, "--max-sessions", "0"]),
+        ("play --context 4 (= clip length)", [*pl, "--context", "4"]),
+        ("play --top-p 0", [*pl, "--top-p", "0"]),
+        ("play --data MISSING", [*pl, "--data", str(r / "missing")]),
+        ("play --data FILE", [*pl, "--data", f]),
+        ("play --device gpu", [*pl, "--device", "gpu"]),
         ("unknown verb", ["train"]),
     ]
     import torch
     if not torch.cuda.is_available():
         out += [("generate --device cuda (no CUDA)", [*gen_, "--out", new, "--device", "cuda"]),
-                ("idm train --device cuda (no CUDA)", [*ist, "--device", "cuda"])]
+                ("idm train --device cuda (no CUDA)", [*ist, "--device", "cuda"]),
+                ("play --device cuda (no CUDA)", [*pl, "--device", "cuda"])]
     return out
 
 
@@ -246,11 +265,18 @@ def lock_holder(folder: str):
         p.wait()
 
 
+@contextlib.contextmanager
+def port_holder():
+    """A local port another socket listens on, as a second `rlir play` (or any server) would."""
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        yield str(s.getsockname()[1])
+
+
 def sweep(root: Path) -> dict:
     w = build_world(root)
     w["busy"] = str(root / "busy")
     rows = []
-    with lock_holder(w["busy"]):
+    with lock_holder(w["busy"]), port_holder() as w["port"]:
         for name, argv in cases(w):
             before = snapshot(root)
             rc, tb, last = run_one(argv)

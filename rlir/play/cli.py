@@ -45,23 +45,30 @@ def cmd_play(a) -> int:
         raise ConfigError(f"--port must be between 0 and 65535, got {a.port}")
     if a.max_sessions < 1:
         raise ConfigError(f"--max-sessions must be at least 1, got {a.max_sessions}")
-    pm = PlayModel(a.world_model, a.device, a.context, top_p=a.top_p, temperature=a.temperature, steps=a.steps,
-                   solver=a.solver)
-    pm.warmup()
-    starts, null_groups = [], ()
-    if a.data:
-        from rlir.data.store import EpisodeStore
-        starts = load_starts(a.data, pm, a.max_clips)
-        null_groups = tuple(EpisodeStore(a.data).metadata.get("null_groups", {}))
-    app = create_app(pm, starts, Sessions(pm, a.max_sessions, seed=a.seed), null_groups)
-    if not a.verbose:                 # one log line per frame is noise; -v shows the requests
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    try:     # bound here: werkzeug's own bind prints two lines and exits on a taken port
+    # bound first (a taken port is told before the model loads) and here: werkzeug's own bind prints two
+    # lines and exits on a taken port
+    try:
         sock = socket.create_server((a.host, a.port), family=socket.AF_INET6 if ":" in a.host else socket.AF_INET)
     except OSError as e:
-        raise ConfigError(f"cannot listen on {a.host}:{a.port}: {e.strerror or e}; give another --port "
-                          f"(0 picks a free one)") from None
-    server = make_server(a.host, a.port, app, threaded=True, fd=sock.fileno())
+        why = str(e.strerror or e).split(" (while attempting")[0]    # create_server appends the address again
+        raise ConfigError(f"cannot listen on {a.host}:{a.port}: {why}; give another --port (0 picks a free one)") \
+            from None
+    try:
+        pm = PlayModel(a.world_model, a.device, a.context, top_p=a.top_p, temperature=a.temperature,
+                       steps=a.steps, solver=a.solver)
+        pm.warmup()
+        starts, null_groups = [], ()
+        if a.data:
+            from rlir.data.store import EpisodeStore
+            starts = load_starts(a.data, pm, a.max_clips)
+            null_groups = tuple(EpisodeStore(a.data).metadata.get("null_groups", {}))
+        app = create_app(pm, starts, Sessions(pm, a.max_sessions, seed=a.seed), null_groups)
+        if not a.verbose:                 # one log line per frame is noise; -v shows the requests
+            logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        server = make_server(a.host, a.port, app, threaded=True, fd=sock.fileno())
+    except BaseException:
+        sock.close()
+        raise
     host = "127.0.0.1" if a.host in ("0.0.0.0", "") else a.host
     if a.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: anyone who can reach this machine can drive the model", a.host)
