@@ -102,20 +102,20 @@ def _problem(path: Path) -> str | None:
     return None
 
 
-def open_db(path: str | Path, create: bool = True) -> Path:
+def open_db(path: str | Path, create: bool = True, option: str = "--db") -> Path:
     """Check the file at path (creating the database there when it is missing or empty and create is
     set); a file that is something else raises ConfigError and is left as it was."""
     p = Path(path)
     if p.exists():
         why = _problem(p)
         if why:
-            raise ConfigError(f"--db {path} {why}; give another --db (the file was not changed)")
+            raise ConfigError(f"{option} {path} {why}; give another {option} (the file was not changed)")
         if _has_schema(p):
             return p
     elif not create:
-        raise ConfigError(f"--db {path}: no such votes database (`rlir human-eval serve --db` makes it)")
+        raise ConfigError(f"{option} {path}: no such votes database (`rlir human-eval serve --db` makes it)")
     if not create:
-        raise ConfigError(f"--db {path} is an empty database: no votes yet")
+        raise ConfigError(f"{option} {path} is an empty database: no votes yet")
     p.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(p), timeout=BUSY_TIMEOUT_MS / 1000)
     try:
