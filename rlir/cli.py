@@ -187,7 +187,8 @@ def cmd_evaluate(a) -> int:
 
 def cmd_report(a) -> int:
     from rlir.eval.report import build_report
-    res = build_report(a.run_dirs, a.out, labels=a.label, roles=a.role, n_videos=a.videos, progress=not a.quiet)
+    res = build_report(a.run_dirs, a.out, labels=a.label, roles=a.role, n_videos=a.videos, progress=not a.quiet,
+                       human_eval=a.human_eval)
     print(f"report of {res['rows']} evaluated runs and {res['curves']} training logs: {res['html']}")
     return 0
 
@@ -368,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--role", action="append", default=[], metavar="RUN_DIR=ROLE",
                    help="real, base or posttrained (repeatable)")
     r.add_argument("--videos", type=int, default=4, help="clips shown side by side (default 4)")
+    r.add_argument("--human-eval", metavar="VOTES.sqlite", help="add the win-rate table of a `rlir human-eval` "
+                                                                "votes database")
     r.set_defaults(func=cmd_report)
 
     m = sub.add_parser("demo", parents=[common], help="the whole pipeline on the embedded default (ViZDoom, tiny presets, CPU)")

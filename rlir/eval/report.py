@@ -458,9 +458,14 @@ def _b64(kind: str, data: bytes) -> str:
     return f"data:image/{kind};base64,{base64.b64encode(data).decode()}"
 
 
-def build_report(run_dirs, out, labels=None, roles=None, n_videos: int = 4, progress: bool = True) -> dict:
-    """Write OUT/report.html (self-contained), OUT/*.png, OUT/clip_*.gif and OUT/report.json."""
+def build_report(run_dirs, out, labels=None, roles=None, n_videos: int = 4, progress: bool = True,
+                 human_eval: str | None = None) -> dict:
+    """Write OUT/report.html (self-contained), OUT/*.png, OUT/clip_*.gif and OUT/report.json.
+    human_eval: a votes database of `rlir human-eval serve`, summed up in a section of its own."""
     rows, logs = discover(run_dirs, labels, roles)
+    if human_eval:                      # read before anything is written: a bad database refuses the report
+        from rlir.human_eval.report import summarize
+        human = summarize(human_eval, option="--human-eval")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     parts = [f"<h1>rlir report</h1><p class='note'>{len(rows)} evaluated runs, {len(logs)} training logs: "
@@ -475,6 +480,10 @@ def build_report(run_dirs, out, labels=None, roles=None, n_videos: int = 4, prog
         parts.append("<h2>Action following and visual quality</h2>" + t + warn + _notes(rows))
     else:
         parts.append("<p class='note'>No evaluation (metrics.json) in the run folders: no table.</p>")
+    if human_eval:
+        from rlir.human_eval.report import html_section
+        parts.append(html_section(human))
+        summary["human_eval"] = human
     figs = [("curves.png", "Training curves", curves_png(logs) if logs else None),
             ("per_group_f1.png", "Per-group F1", per_group_png(rows)),
             ("brightness.png", "Brightness per frame", brightness_png(rows))]
