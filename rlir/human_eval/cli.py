@@ -3,7 +3,6 @@ every call)."""
 from __future__ import annotations
 
 import logging
-import sys
 
 log = logging.getLogger("rlir.human_eval")
 
@@ -64,11 +63,23 @@ def cmd_make(a) -> int:
                  [Input(ck, f"--models {n}", dataset=False) for n, ck in models])
     res = make_pairs(a.data, models, a.out, clips=a.clips, frames=a.frames, seed=a.seed, batch_size=a.batch_size,
                      temperature=a.temperature, top_p=a.top_p, steps=a.steps, solver=a.solver, device=a.device,
-                     progress=not a.quiet, command="rlir " + " ".join(sys.argv[1:]))
+                     progress=not a.quiet, command=_make_command(a))
     n, left = res["trials"], res["a_left"]
     print(f"made {n} trials of {res['frames']} frames ({res['models'][0]} on the left in {left}, on the right in "
           f"{n - left}) into {a.out}")
     return 0
+
+
+def _make_command(a) -> str:
+    """The command as parsed, every setting spelled out (sys.argv is not the command when main() is called
+    from Python)."""
+    import shlex
+    parts = ["rlir", "human-eval", "make", "--data", a.data, "--models", *a.models, "--out", a.out,
+             "--clips", a.clips, "--seed", a.seed, "--batch-size", a.batch_size, "--temperature", a.temperature,
+             "--top-p", a.top_p, "--steps", a.steps, "--solver", a.solver, "--device", a.device]
+    if a.frames:
+        parts += ["--frames", a.frames]
+    return shlex.join(str(x) for x in parts)
 
 
 def _listen(host: str, port: int):
