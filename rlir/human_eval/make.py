@@ -51,8 +51,10 @@ def check_empty(out: Path) -> None:
     if out.is_dir():
         held = sorted(p.name for p in out.iterdir() if p.name not in IGNORED)
         if held:
-            raise ConfigError(f"--out {out} already holds {', '.join(held[:3])}{' ...' if len(held) > 3 else ''}: "
-                              f"a pairs folder is never overwritten (votes refer to its trials); give another --out")
+            hint = "" if TRIALS in held else " (no trials.json: an unfinished make; remove the folder to start over)"
+            raise ConfigError(f"--out {out} already holds {', '.join(held[:3])}{' ...' if len(held) > 3 else ''}"
+                              f"{hint}: a pairs folder is never overwritten (votes refer to its trials); "
+                              f"give another --out")
 
 
 def pick_clips(windows: list[tuple[str, int]], n: int, seed: int) -> list[tuple[str, int]]:

@@ -45,7 +45,8 @@ def format_text(s: dict) -> str:
         lines += ["", f"{q['question']}  ({q['n_votes']} votes, {q['n_raters']} raters, "
                       f"{q['mean_votes_per_rater']:.1f} per rater)"]
         for label, r in ((f"{a} wins", q["wins"][a]), (f"{b} wins", q["wins"][b]), ("same", q["ties"])):
-            lines.append(f"  {label:<{w}} {_pct(r['rate']):>7} {_ci(r['ci95']):<15} design effect {r['design_effect']:.2f}")
+            lines.append(f"  {label:<{w}} {_pct(r['rate']):>7} {_ci(r['ci95']):<15} "
+                         f"design effect {r['design_effect']:.2f}")
         lines.append(f"  {a} share of the {d['n']} decisive votes (ties left out): {_pct(d['share'])} {_ci(d['ci95'])}"
                      f"; design effect {d['design_effect']:.2f}, effective n {d['n_effective']:.1f}")
     lines += ["", f"intervals: {s['interval_note']}"]
@@ -68,6 +69,7 @@ def html_section(s: dict) -> str:
     note = (f"<p class='note'>A/B votes from <code>rlir human-eval</code> ({s['n_votes']} votes by {s['n_raters']} "
             f"raters on {s['n_trials_voted']} trials; <code>{html.escape(s['db'])}</code>). Raters saw the two "
             f"models' videos side by side from the same first frame and actions, sides shuffled, models unnamed. "
-            f"Win rates and ties add up to 100%; the decisive share leaves ties out. {html.escape(s['interval_note'])}</p>")
+            f"Win rates and ties add up to 100%; the decisive share leaves ties out. "
+            f"{html.escape(s['interval_note'])}</p>")
     return (f"<h2>Human evaluation</h2><table class='human-eval'><thead>{head}</thead><tbody>{''.join(rows)}"
             f"</tbody></table>{note}")
