@@ -238,6 +238,9 @@ def test_serve_cli(world, tmp_path, capsys):
     import subprocess
     import sys
     import urllib.request
+    for verb in ("make", "serve", "report"):
+        r = subprocess.run([sys.executable, "-m", "rlir", "human-eval", verb, "--help"], capture_output=True, text=True)
+        assert r.returncode == 0 and "usage: rlir human-eval " + verb in r.stdout
     votes = tmp_path / "votes.sqlite"
     p = subprocess.Popen([sys.executable, "-m", "rlir", "-q", "human-eval", "serve", "--pairs", world["pairs"],
                           "--db", str(votes), "--port", "0"], stdout=subprocess.PIPE, text=True)
