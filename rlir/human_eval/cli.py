@@ -2,10 +2,6 @@
 every call)."""
 from __future__ import annotations
 
-import logging
-
-log = logging.getLogger("rlir.human_eval")
-
 
 def add_human_eval_parser(sub, common) -> None:
     """Register the verb on the top-level subparsers."""
@@ -82,53 +78,24 @@ def _make_command(a) -> str:
     return shlex.join(str(x) for x in parts)
 
 
-def _listen(host: str, port: int):
-    """The server's socket, bound before anything else, with a one-line error for a taken or bad port
-    (werkzeug's own bind prints two lines and exits)."""
-    import socket
-
-    from rlir.errors import ConfigError
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"--port must be between 0 and 65535, got {port}")
-    try:
-        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
-    except OSError as e:
-        why = str(e.strerror or e).split(" (while attempting")[0]
-        raise ConfigError(f"cannot listen on {host}:{port}: {why}; give another --port (0 picks a free one)") from None
-
-
 def cmd_serve(a) -> int:
-    from werkzeug.serving import make_server
-
     from rlir.human_eval import db
     from rlir.human_eval.make import load_trials
     from rlir.human_eval.server import create_app
     from rlir.utils.output_guard import Output, check_location
+    from rlir.utils.serving import listen, serve
     manifest = load_trials(a.pairs)
     check_location(Output(a.db, "--db", "file"))
-    sock = _listen(a.host, a.port)
+    sock = listen(a.host, a.port)
     try:
         db.open_db(a.db)
         db.bind_pairs(a.db, manifest["pairs_id"], [m["name"] for m in manifest["models"]], a.pairs)
         app = create_app(a.pairs, manifest, a.db)
-        if not a.verbose:
-            logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        server = make_server(a.host, a.port, app, threaded=True, fd=sock.fileno())
     except BaseException:
         sock.close()
         raise
-    host = "127.0.0.1" if a.host in ("0.0.0.0", "") else a.host
-    if a.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("listening on %s: anyone who can reach this machine can vote", a.host)
-    print(f"rlir human-eval: {len(manifest['trials'])} trials of {a.pairs}, votes into {a.db}, on "
-          f"http://{host}:{server.port}/  (Ctrl-C stops)", flush=True)
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()
-        sock.close()
-    print("rlir human-eval: stopped")
-    return 0
+    return serve(app, sock, a.host, "rlir human-eval", f"{len(manifest['trials'])} trials of {a.pairs}, votes into "
+                 f"{a.db},", "vote", a.verbose)
 
 
 def cmd_report(a) -> int:

@@ -1,10 +1,6 @@
 """`rlir play`: its argument parser and command (imports stay light: the parser is built on every call)."""
 from __future__ import annotations
 
-import logging
-
-log = logging.getLogger("rlir.play")
-
 
 def add_play_parser(sub, common) -> None:
     """Register the verb on the top-level subparsers."""
@@ -34,25 +30,13 @@ def add_play_parser(sub, common) -> None:
 
 
 def cmd_play(a) -> int:
-    import socket
-
-    from werkzeug.serving import make_server
-
     from rlir.errors import ConfigError
     from rlir.play.server import create_app, load_starts
     from rlir.play.session import PlayModel, Sessions
-    if not 0 <= a.port <= 65535:
-        raise ConfigError(f"--port must be between 0 and 65535, got {a.port}")
+    from rlir.utils.serving import listen, serve
     if a.max_sessions < 1:
         raise ConfigError(f"--max-sessions must be at least 1, got {a.max_sessions}")
-    # bound first (a taken port is told before the model loads) and here: werkzeug's own bind prints two
-    # lines and exits on a taken port
-    try:
-        sock = socket.create_server((a.host, a.port), family=socket.AF_INET6 if ":" in a.host else socket.AF_INET)
-    except OSError as e:
-        why = str(e.strerror or e).split(" (while attempting")[0]    # create_server appends the address again
-        raise ConfigError(f"cannot listen on {a.host}:{a.port}: {why}; give another --port (0 picks a free one)") \
-            from None
+    sock = listen(a.host, a.port)        # a taken port is told before the model loads
     try:
         pm = PlayModel(a.world_model, a.device, a.context, top_p=a.top_p, temperature=a.temperature,
                        steps=a.steps, solver=a.solver)
@@ -63,22 +47,9 @@ def cmd_play(a) -> int:
             starts = load_starts(a.data, pm, a.max_clips)
             null_groups = tuple(EpisodeStore(a.data).metadata.get("null_groups", {}))
         app = create_app(pm, starts, Sessions(pm, a.max_sessions, seed=a.seed), null_groups)
-        if not a.verbose:                 # one log line per frame is noise; -v shows the requests
-            logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        server = make_server(a.host, a.port, app, threaded=True, fd=sock.fileno())
     except BaseException:
         sock.close()
         raise
-    host = "127.0.0.1" if a.host in ("0.0.0.0", "") else a.host
-    if a.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("listening on %s: anyone who can reach this machine can drive the model", a.host)
-    print(f"rlir play: {pm.paradigm} world model {a.world_model} ({pm.resolution[0]}x{pm.resolution[1]}, clip "
-          f"{pm.clip_len} frames, {len(starts)} start frames) on http://{host}:{server.port}/  (Ctrl-C stops)",
-          flush=True)
-    try:
-        server.serve_forever()           # werkzeug's returns on Ctrl-C
-    finally:
-        server.server_close()
-        sock.close()
-    print("rlir play: stopped")
-    return 0
+    return serve(app, sock, a.host, "rlir play", f"{pm.paradigm} world model {a.world_model} ({pm.resolution[0]}x"
+                 f"{pm.resolution[1]}, clip {pm.clip_len} frames, {len(starts)} start frames)", "drive the model",
+                 a.verbose)
