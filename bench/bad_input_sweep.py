@@ -68,9 +68,21 @@ def build_world(root: Path) -> dict:
     (gan / "config.json").write_text(json.dumps({**cfg, "paradigm": "gan"}))
     w["wm_gan"] = str(gan)
     from rlir.cli import main
+    from rlir.data.store import EpisodeStore
+    from rlir.human_eval import db
+    from tests.test_grpo import HW, make_episode
+    he = EpisodeStore.create(root / "he_data", metadata={"resolution": list(HW)})   # human-eval make reads test clips
+    for k in range(3):
+        he.add(f"e{k}", make_episode(T=8, hw=HW, seed=k), split="test" if k else "train")
+    w["he_data"], w["pairs"], w["votes"] = str(root / "he_data"), str(root / "pairs"), str(root / "votes.sqlite")
+    (root / "empty").mkdir()
+    db.open_db(w["votes"])                                                 # a votes database with no votes yet
+    (root / "junk.sqlite").write_bytes(b"not a database at all" * 10)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         assert main(["-q", "generate", "--world-model", wm, "--data", data, "--out", w["gen"], "--frames", "4",
                      "--split", "train"]) == 0
+        assert main(["-q", "human-eval", "make", "--data", w["he_data"], "--models", f"a={wm}", f"b={wm_b}",
+                     "--clips", "2", "--out", w["pairs"]]) == 0
     return w
 
 
@@ -87,6 +99,9 @@ def cases(w: dict) -> list[tuple[str, list[str]]]:
     gen_ = ["generate", "--world-model", wm, "--data", d, "--split", "train", "--frames", "4"]
     ev = ["evaluate", "--data", d, "--idm", idm, "--split", "train", "--frames", "4", "--n-boot", "10"]
     pl = ["play", "--world-model", wm]
+    pairs, votes, junk = w["pairs"], w["votes"], str(r / "junk.sqlite")
+    hem, hm = ["human-eval", "make", "--data", w["he_data"]], ["--models", f"a={wm}", f"b={w['wm_b']}"]
+    hes = ["human-eval", "serve", "--db", votes]
     pt = ["posttrain", "--world-model", wm, "--idm", idm, "--data", d, "--set", "frames=4", "--set", "batch_size=2",
           "--set", "num_generations=2", "--set", "probe_clips=0", "--set", "steps=1"]
     out = [
@@ -221,6 +236,26 @@ def cases(w: dict) -> list[tuple[str, list[str]]]:
         ("play --data MISSING", [*pl, "--data", str(r / "missing")]),
         ("play --data FILE", [*pl, "--data", f]),
         ("play --device gpu", [*pl, "--device", "gpu"]),
+        ("human-eval make --models a=IDM b=WM", [*hem, "--out", new, "--models", f"a={idm}", f"b={wm}"]),
+        ("human-eval make --models a=MISSING b=WM", [*hem, "--out", new, "--models", f"a={r / 'missing'}", f"b={wm}"]),
+        ("human-eval make --models WM WM (no names)", [*hem, "--out", new, "--models", wm, w["wm_b"]]),
+        ("human-eval make --models a=WM a=WM", [*hem, "--out", new, "--models", f"a={wm}", f"a={w['wm_b']}"]),
+        ("human-eval make --out PAIRS (not empty)", [*hem, *hm, "--out", pairs]),
+        ("human-eval make --clips 0", [*hem, *hm, "--out", new, "--clips", "0"]),
+        ("human-eval make --clips 99 (more than the test clips)", [*hem, *hm, "--out", new, "--clips", "99"]),
+        ("human-eval make --frames 9 (> clip length)", [*hem, *hm, "--out", new, "--frames", "9"]),
+        ("human-eval make --data DATA (no test split)", ["human-eval", "make", "--data", d, *hm, "--out", new]),
+        ("human-eval serve --pairs MISSING", [*hes, "--pairs", str(r / "missing")]),
+        ("human-eval serve --pairs EMPTY (no trials.json)", [*hes, "--pairs", str(r / "empty")]),
+        ("human-eval serve --pairs DATA", [*hes, "--pairs", d]),
+        ("human-eval serve --db DAMAGED", ["human-eval", "serve", "--pairs", pairs, "--db", junk]),
+        ("human-eval serve --db FOLDER", ["human-eval", "serve", "--pairs", pairs, "--db", d]),
+        ("human-eval serve --port TAKEN", [*hes, "--pairs", pairs, "--port", port]),
+        ("human-eval serve --port 70000", [*hes, "--pairs", pairs, "--port", "70000"]),
+        ("human-eval report --db MISSING", ["human-eval", "report", "--db", str(r / "missing.sqlite")]),
+        ("human-eval report --db DAMAGED", ["human-eval", "report", "--db", junk]),
+        ("human-eval report --db EMPTY (no votes)", ["human-eval", "report", "--db", votes]),
+        ("human-eval report --json FILE/x.json", ["human-eval", "report", "--db", votes, "--json", f + "/x.json"]),
         ("unknown verb", ["train"]),
     ]
     import torch

@@ -55,10 +55,10 @@ class Conflict(RlirError):
     """A second vote by a rater on a trial (HTTP 409); the first one stays."""
 
 
-def _readonly(path: str | Path) -> sqlite3.Connection:
-    """A connection that cannot write: for checks of unknown files and for reading votes."""
-    conn = sqlite3.connect(f"file:{quote(str(Path(path).resolve()))}?mode=ro", uri=True,
-                           timeout=BUSY_TIMEOUT_MS / 1000)
+def _inspect(path: str | Path) -> sqlite3.Connection:
+    """A connection that cannot write and leaves no -wal/-shm files behind (immutable: no locks, the main
+    file only): for checking an unknown file's schema, which is fixed when the database is made."""
+    conn = sqlite3.connect(f"file:{quote(str(Path(path).resolve()))}?mode=ro&immutable=1", uri=True)
     conn.row_factory = sqlite3.Row
     return conn
 
@@ -82,7 +82,7 @@ def _problem(path: Path) -> str | None:
     if head != b"SQLite format 3\x00":
         return "is not an SQLite database"
     try:
-        conn = _readonly(path)
+        conn = _inspect(path)
         try:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if not tables:
@@ -131,7 +131,7 @@ def open_db(path: str | Path, create: bool = True, option: str = "--db") -> Path
 def _has_schema(p: Path) -> bool:
     if p.stat().st_size == 0:
         return False
-    conn = _readonly(p)
+    conn = _inspect(p)
     try:
         return conn.execute("SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()[0] > 0
     finally:
@@ -160,7 +160,7 @@ def bind_pairs(path: str | Path, pairs_id: str, models: list[str], pairs_dir: st
 
 
 def read_meta(path: str | Path) -> dict:
-    conn = _readonly(path)
+    conn = connect(path)
     try:
         meta = {r[0]: r[1] for r in conn.execute("SELECT key, value FROM meta")}
     finally:
@@ -189,7 +189,7 @@ def insert_vote(path: str | Path, vote: dict) -> int:
 
 
 def voted_trials(path: str | Path, rater: str) -> set[str]:
-    conn = _readonly(path)
+    conn = connect(path)
     try:
         return {r[0] for r in conn.execute("SELECT trial FROM votes WHERE rater = ?", (rater,))}
     finally:
@@ -197,7 +197,7 @@ def voted_trials(path: str | Path, rater: str) -> set[str]:
 
 
 def read_votes(path: str | Path) -> list[dict]:
-    conn = _readonly(path)
+    conn = connect(path)
     try:
         return [dict(r) for r in conn.execute(f"SELECT {', '.join(VOTE_COLUMNS)} FROM votes ORDER BY id")]
     finally:
