@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from rlir.cli_checks import add_sampler_args
 from rlir.errors import RlirError
 
 log = logging.getLogger("rlir")
@@ -309,10 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--split", default="test", choices=["train", "val", "test"], help="default test")
     g.add_argument("--batch-size", type=int, default=8, help="clips per batch (default 8)")
     g.add_argument("--max-clips", type=int, help="at most this many clips (default: all)")
-    g.add_argument("--temperature", type=float, default=1.0, help="AR sampling temperature (default 1.0)")
-    g.add_argument("--top-p", type=float, default=0.8, help="nucleus sampling (MineWorld's evaluation: 0.8)")
-    g.add_argument("--steps", type=int, default=18, help="diffusion: ODE steps (NFD's evaluation: 18)")
-    g.add_argument("--solver", default="dpm++", choices=["dpm++", "euler"], help="diffusion: ODE solver")
+    add_sampler_args(g)
     g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     g.set_defaults(func=cmd_generate)
 

@@ -61,3 +61,12 @@ def check_options(args) -> None:
     if getattr(args, "device", None):
         from rlir.utils.device import check_device
         check_device(args.device)
+
+
+def add_sampler_args(p) -> None:
+    """The evaluation's samplers as options (generate, play, human-eval make): AR top-p 0.8 (MineWorld's),
+    diffusion DPM-Solver++ with 18 steps (NFD's)."""
+    p.add_argument("--temperature", type=float, default=1.0, help="AR sampling temperature (default 1.0)")
+    p.add_argument("--top-p", type=float, default=0.8, help="AR nucleus sampling (the evaluation's: 0.8)")
+    p.add_argument("--steps", type=int, default=18, help="diffusion: ODE steps (the evaluation's: 18)")
+    p.add_argument("--solver", default="dpm++", choices=["dpm++", "euler"], help="diffusion: ODE solver")

@@ -2,6 +2,8 @@
 every call)."""
 from __future__ import annotations
 
+from rlir.cli_checks import add_sampler_args
+
 
 def add_human_eval_parser(sub, common) -> None:
     """Register the verb on the top-level subparsers."""
@@ -23,10 +25,7 @@ def add_human_eval_parser(sub, common) -> None:
     m.add_argument("--frames", type=int, help="frames per video, frame 0 given (default 16, at most the clip length)")
     m.add_argument("--seed", type=int, default=0, help="clip choice, sides and sampling (default 0)")
     m.add_argument("--batch-size", type=int, default=8, help="clips per batch (default 8)")
-    m.add_argument("--temperature", type=float, default=1.0, help="AR sampling temperature (default 1.0)")
-    m.add_argument("--top-p", type=float, default=0.8, help="AR nucleus sampling (the evaluation's: 0.8)")
-    m.add_argument("--steps", type=int, default=18, help="diffusion: ODE steps (the evaluation's: 18)")
-    m.add_argument("--solver", default="dpm++", choices=["dpm++", "euler"], help="diffusion: ODE solver")
+    add_sampler_args(m)
     m.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     m.set_defaults(func=cmd_make)
 

@@ -1,6 +1,8 @@
 """`rlir play`: its argument parser and command (imports stay light: the parser is built on every call)."""
 from __future__ import annotations
 
+from rlir.cli_checks import add_sampler_args
+
 
 def add_play_parser(sub, common) -> None:
     """Register the verb on the top-level subparsers."""
@@ -20,10 +22,7 @@ def add_play_parser(sub, common) -> None:
     p.add_argument("--context", type=int, metavar="N", help="frames kept when the window reaches the clip length "
                                                "(default half of it; clip length - 1 keeps the most, re-priming every frame)")
     p.add_argument("--seed", type=int, help="sampling seed of every session (default: a fresh one per session)")
-    p.add_argument("--temperature", type=float, default=1.0, help="AR sampling temperature (default 1.0)")
-    p.add_argument("--top-p", type=float, default=0.8, help="AR nucleus sampling (the evaluation's: 0.8)")
-    p.add_argument("--steps", type=int, default=18, help="diffusion: ODE steps (the evaluation's: 18)")
-    p.add_argument("--solver", default="dpm++", choices=["dpm++", "euler"], help="diffusion: ODE solver")
+    add_sampler_args(p)
     p.add_argument("--max-sessions", type=int, default=8, metavar="N",
                    help="sessions held at once; the least recently used goes first (default 8)")
     p.set_defaults(func=cmd_play)
