@@ -121,3 +121,34 @@ def test_train_resume_and_checkpoint_kinds(tmp_path):
     (best / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(RlirError, match="damaged"):
         load_idm(best)
+
+
+def test_optical_flow_reads_a_shift():
+    from rlir.models.idm import optical_flow
+    rng = np.random.default_rng(0)
+    img = np.kron(rng.integers(0, 256, (12, 16, 3)), np.ones((4, 4, 1))).astype(np.uint8)   # 48x64 blocks
+    clip = np.stack([np.roll(img, 2 * t, axis=1) for t in range(3)])[None]                    # 2 px right a frame
+    f = optical_flow(clip)
+    assert f.shape == (1, 3, 48, 64, 2)
+    inner = f[0, :2, 8:-8, 8:-8]
+    assert abs(inner[..., 0].median().item() - 2.0) < 0.25 and abs(inner[..., 1].median().item()) < 0.25
+    assert (f[0, 2] == 0).all()                                                              # no next frame
+
+
+def test_flow_idm_trains_and_reads_flow_itself(tmp_path):
+    from rlir.models.idm import optical_flow
+    with pytest.raises(RlirError, match="judge"):
+        IDMConfig(arch="cnn3d", flow=True).validate()
+    store = EpisodeStore.create(tmp_path / "d", metadata={"resolution": [12, 16]})
+    for i in range(6):
+        store.add(f"r{i}", make_episode(20, seed=i), "val" if i < 1 else "train", {"recording": i, "seed": 0})
+    cfg = IDMTrainConfig(data=str(tmp_path / "d"), out=str(tmp_path / "run"), model=IDMConfig(**SMALL, flow=True),
+                         subset="all", steps=4, eval_every=2, batch_size=4, val_clips=4)
+    assert train_idm(cfg, progress=False)["steps"] == 4
+    m, c = load_idm(tmp_path / "run" / "checkpoints" / "best")
+    assert c["model"]["flow"] is True and m.temporal[0].in_channels == 8
+    x = torch.as_tensor(store.load("r0").frames[None, :6])
+    own, given = m(x), m(x, flow=optical_flow(x))    # inference computes the flow the cache gave training
+    assert all(torch.allclose(a, b) for a, b in zip(own, given))
+    y = augment(x, np.random.default_rng(0), 0.2, 2, flow=optical_flow(x))
+    assert isinstance(y, tuple) and y[1].shape == (1, 6, 12, 16, 2)

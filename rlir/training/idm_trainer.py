@@ -79,9 +79,11 @@ def class_weights(store: EpisodeStore, ids: list[str], power: float) -> list[tor
 
 
 def augment(frames: torch.Tensor, rng: np.random.Generator, brightness: float, shift: int,
-            rows: slice | None = None, total: int | None = None) -> torch.Tensor:
+            rows: slice | None = None, total: int | None = None, flow: torch.Tensor | None = None):
     """Per clip: one brightness/contrast change and one shift for all its frames (actions unchanged).
-    frames may be `rows` of a batch of `total` clips: the draws are made for the whole batch."""
+    frames may be `rows` of a batch of `total` clips: the draws are made for the whole batch.
+    flow: the clips' optical flow [B, T, H, W, 2], shifted with them (a shift leaves flow values as
+    they are); then returns (frames, flow)."""
     B = frames.shape[0]
     rows, total = rows or slice(0, B), total or B
     x = frames.float()
@@ -97,7 +99,33 @@ def augment(frames: torch.Tensor, rng: np.random.Generator, brightness: float, s
         for b, (dy, dx) in enumerate(shifts):
             out[b] = pad[b, :, dy:dy + H, dx:dx + W].view(x.shape[1], 3, H, W).permute(0, 2, 3, 1)
         x = out
-    return x.round().to(torch.uint8)
+        if flow is not None:
+            fpad = F.pad(flow.float().permute(0, 1, 4, 2, 3).flatten(1, 2), (shift,) * 4, mode="replicate")
+            fout = torch.empty_like(flow, dtype=torch.float32)
+            for b, (dy, dx) in enumerate(shifts):
+                fout[b] = fpad[b, :, dy:dy + H, dx:dx + W].view(flow.shape[1], 2, H, W).permute(0, 2, 3, 1)
+            flow = fout
+    x = x.round().to(torch.uint8)
+    return x if flow is None else (x, flow)
+
+
+class FlowCache:
+    """Each episode's optical flow, computed once (float16 [n_frames, H, W, 2]): a training batch's
+    flow is sliced from it instead of recomputed every step (about 200 DIS calls a batch)."""
+
+    def __init__(self, store: EpisodeStore):
+        self.store, self.flows = store, {}
+
+    def batch(self, episode_ids: list[str], starts, clip_len: int) -> torch.Tensor:
+        from rlir.models.idm import optical_flow
+        out = []
+        for i, s in zip(episode_ids, starts):
+            if i not in self.flows:
+                self.flows[i] = optical_flow(self.store.load(i).frames[None])[0].half()
+            f = self.flows[i][int(s):int(s) + clip_len].clone()
+            f[-1] = 0                                  # the clip's last frame has no next frame in the clip
+            out.append(f)
+        return torch.stack(out)
 
 
 def idm_loss(logits: list[torch.Tensor], actions: torch.Tensor, weights: list[torch.Tensor] | None = None,
@@ -196,6 +224,7 @@ def train_idm(cfg: IDMTrainConfig, progress: bool = True, stop_at_step: int | No
     aug_rng = np.random.default_rng(cfg.seed + 1)
     rngs = {"sampler": sampler.rng, "aug": aug_rng}
     weights = class_weights(store, ids, cfg.class_weight_power)
+    flows = FlowCache(store) if cfg.model.flow else None
     last = out / "checkpoints" / "last"
     meta = load_train_state(last, "idm_train_state", model, opt, sched, rngs)   # resume after a kill
     step, best, history = (meta["step"], meta["best"], meta["history"]) if meta else (0, -1e9, [])
@@ -211,10 +240,12 @@ def train_idm(cfg: IDMTrainConfig, progress: bool = True, stop_at_step: int | No
     while step < cfg.steps and not stop_early:
         model.train()
         b = sampler.sample(rows)                                  # this rank's rows of the global batch
+        flow = flows.batch(b["episode_id"], b["start"], cfg.model.clip_len) if flows is not None else None
         frames = augment(torch.from_numpy(b["frames"]), aug_rng, cfg.aug_brightness, cfg.aug_shift,
-                         rows, cfg.batch_size)
+                         rows, cfg.batch_size, flow=flow)
+        frames, flow = frames if flow is not None else (frames, None)
         with d.autocast():
-            logits = model(frames.to(cfg.device))
+            logits = model(frames.to(cfg.device), **({"flow": flow} if flow is not None else {}))
             loss, parts = idm_loss(logits, torch.from_numpy(b["actions"]).to(cfg.device), weights, d.mean_tensor)
         optimizer_step(loss, model, opt, sched, cfg.grad_clip)
         loss_v, out_of_time = step_stats(d, loss, t0, cfg.max_minutes)
