@@ -40,7 +40,7 @@ from rlir.data.sampler import fixed_clips, load_clips  # noqa: E402
 from rlir.data.store import EpisodeStore  # noqa: E402
 from rlir.rl.rewards import CAMERA, _direction, per_frame_inverse_reward, shown_groups  # noqa: E402
 from rlir.rl.rollouts import make_policy  # noqa: E402
-from rlir.training.idm_trainer import load_idm  # noqa: E402
+from rlir.training.idm_trainer import load_idm, load_reward_idm  # noqa: E402
 from rlir.training.wm_trainer import load_world_model_checkpoint  # noqa: E402
 from rlir.utils.checkpoint import read_config  # noqa: E402
 from rlir.utils.rand import GroupGenerators  # noqa: E402
@@ -137,7 +137,7 @@ def main() -> None:
             (lambda x: np.take_along_axis(x, branch_col[:, None], 1)))
     null = tuple(store.metadata.get("null_groups", {}))
     shown = shown_groups(null)
-    idms = {"reward_idm": load_idm(a.idm, "cpu")[0].eval(), "judge": load_idm(a.judge, "cpu")[0].eval()}
+    idms = {"reward_idm": load_reward_idm(a.idm, "cpu")[0].eval(), "judge": load_idm(a.judge, "cpu")[0].eval()}
     logits = {k: [torch.cat(x) for x in zip(*[m(video[s:s + 64]) for s in range(0, len(video), 64)])]
               for k, m in idms.items()}
     n = logits["reward_idm"][0].shape[1]

@@ -32,7 +32,7 @@ from rlir.data.store import EpisodeStore  # noqa: E402
 from rlir.eval.action_metrics import DISCRETE, _summary, confusions, prf_from_confusion  # noqa: E402
 from rlir.eval.generate import bootstrap_ci, load_world_model, psnr_per_clip  # noqa: E402
 from rlir.rl.rewards import per_frame_inverse_reward, shown_groups  # noqa: E402
-from rlir.training.idm_trainer import load_idm  # noqa: E402
+from rlir.training.idm_trainer import load_idm, load_reward_idm  # noqa: E402
 from rlir.utils.rand import GroupGenerators  # noqa: E402
 
 FRAMES = 16
@@ -197,7 +197,7 @@ def main() -> None:
               "sampler": {"ar": "top-p 0.8, temperature 1", "diffusion": "DPM-Solver++ 18 steps"},
               "idm": a.idm, "judge": a.judge, "models": dict(models), "excluded_groups": list(null),
               "rollout_seconds": gen_seconds, "rows": {}}
-    scorers = {"reward_idm": load_idm(a.idm, a.device)[0], "judge": load_idm(a.judge, a.device)[0]}
+    scorers = {"reward_idm": load_reward_idm(a.idm, a.device)[0], "judge": load_idm(a.judge, a.device)[0]}
     outs = {s: {row: idm_outputs(m, v, actions, groups) for row, v in videos.items()} for s, m in scorers.items()}
     stats = {row: per_clip_stats(v, real) for row, v in videos.items()}
     for row in videos:

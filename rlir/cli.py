@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pt = sub.add_parser("posttrain", parents=[common], help="RLIR: GRPO post-training of a world model with inverse (IDM) rewards")
     pt.add_argument("--world-model", required=True, help="pretrained world-model checkpoint (ar or diffusion)")
-    pt.add_argument("--idm", required=True, help="reward IDM checkpoint")
+    pt.add_argument("--idm", required=True, help="reward IDM checkpoint, or several separated by commas (an ensemble)")
     pt.add_argument("--judge", help="judge IDM checkpoint: scored on a probe set to detect reward hacking")
     pt.add_argument("--data", required=True, help="episode store: prompts from its train split, probe from val")
     pt.add_argument("--out", required=True, help="run folder (resumes if it exists)")
@@ -410,7 +410,8 @@ def outputs_of(a) -> tuple[list, list, list[str]]:
         return [Output(out)], [Input(a.data, "--data"), Input(a.world_model, "--world-model", False)], [out]
     if f is cmd_posttrain:
         return [Output(out)], [Input(a.data, "--data"), Input(a.world_model, "--world-model", False),
-                               Input(a.idm, "--idm", False), Input(a.judge, "--judge", False)], [out]
+                               *[Input(p, "--idm", False) for p in (a.idm or "").split(",")],   # an ensemble: a,b
+                               Input(a.judge, "--judge", False)], [out]
     if f is cmd_evaluate:
         ins = [Input(a.data, "--data"), Input(a.idm, "--idm", False), Input(a.judge, "--judge", False),
                Input(a.world_model, "--world-model", False), Input(a.i3d, "--i3d", False)]

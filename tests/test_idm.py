@@ -152,3 +152,29 @@ def test_flow_idm_trains_and_reads_flow_itself(tmp_path):
     assert all(torch.allclose(a, b) for a, b in zip(own, given))
     y = augment(x, np.random.default_rng(0), 0.2, 2, flow=optical_flow(x))
     assert isinstance(y, tuple) and y[1].shape == (1, 6, 12, 16, 2)
+
+
+def test_reward_idm_ensemble(tmp_path):
+    from rlir.training.idm_trainer import load_reward_idm
+    paths = []
+    for k, extra in enumerate([{}, {"flow": True}, {"resolution": (24, 32)}]):
+        torch.manual_seed(k)
+        cfg = IDMConfig(**{**SMALL, **extra})
+        m = build_idm(cfg)
+        p = tmp_path / f"idm{k}"
+        save_checkpoint(p, {"kind": "idm", "model": {**cfg.__dict__, "resolution": list(cfg.resolution)}},
+                        {"model": m.state_dict()})
+        paths.append(str(p))
+    single, _ = load_reward_idm(paths[0])
+    ens, cfg = load_reward_idm(f"{paths[0]},{paths[1]}")
+    assert cfg["model"]["flow"] is False and len(ens.members) == 2
+    x = torch.randint(0, 256, (2, 6, 12, 16, 3), dtype=torch.uint8)
+    out, a, b = ens(x), ens.members[0](x), ens.members[1](x)
+    for g in range(9):   # log of the mean of the members' softmaxes: a distribution between theirs
+        p = out[g].exp()
+        assert torch.allclose(p.sum(-1), torch.ones(2, 5), atol=1e-5)
+        assert torch.allclose(p, (a[g].softmax(-1) + b[g].softmax(-1)) / 2, atol=1e-5)
+    same, _ = load_reward_idm(f"{paths[0]},{paths[0]}")
+    assert all(torch.allclose(s.log_softmax(-1), o, atol=1e-5) for s, o in zip(single(x), same(x)))
+    with pytest.raises(RlirError, match="ensemble"):
+        load_reward_idm(f"{paths[0]},{paths[2]}")

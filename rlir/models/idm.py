@@ -180,6 +180,25 @@ class VPTIDM(nn.Module):
         return video_features(self.hidden(frames))
 
 
+class IDMEnsemble(nn.Module):
+    """Several frozen IDMs read as one: log of the mean of their softmaxes, per group. Members trained
+    apart disagree where each is unsure of the motion, so the average keeps what they share."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.cfg = members[0].cfg
+
+    def forward(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        outs = [m(frames) for m in self.members]
+        return [torch.stack([o[g].float().log_softmax(-1) for o in outs]).logsumexp(0) - np.log(len(outs))
+                for g in range(len(outs[0]))]
+
+    def features(self, frames: torch.Tensor) -> torch.Tensor:
+        """The members' video features side by side [B, sum of d]."""
+        return torch.cat([m.features(frames) for m in self.members], dim=-1)
+
+
 def build_idm(cfg: IDMConfig) -> nn.Module:
     if cfg.arch == "vpt":
         return VPTIDM(cfg)

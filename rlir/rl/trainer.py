@@ -201,7 +201,7 @@ class Posttrainer:
         from rlir.data.store import EpisodeStore
         from rlir.rl.rollouts import make_policy
         from rlir.rl.rewards import InverseReward
-        from rlir.training.idm_trainer import load_idm
+        from rlir.training.idm_trainer import load_idm, load_reward_idm
         from rlir.training.wm_trainer import load_world_model_checkpoint
         from rlir.utils.checkpoint import read_config
         from rlir.training.distributed import checkpoint_activations, wrap
@@ -226,7 +226,7 @@ class Posttrainer:
             p.requires_grad_(False)
         self.store = EpisodeStore(cfg.data, cache_size=100_000)
         self.store.require_resolution(tuple(self.codec.cfg.resolution), "world model")
-        self.idm, idm_cfg = load_idm(cfg.idm, dev)
+        self.idm, idm_cfg = load_reward_idm(cfg.idm, dev)   # "a,b": an ensemble
         self.store.require_resolution(tuple(idm_cfg["model"]["resolution"]), "reward IDM")
         self.judge = None
         if cfg.judge:

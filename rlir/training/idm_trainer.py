@@ -200,6 +200,23 @@ def load_idm(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, di
     return model.to(device).eval(), cfg
 
 
+def load_reward_idm(spec: str, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """One IDM checkpoint, or several separated by commas read as one (IDMEnsemble: the mean of their
+    softmaxes). Returns the model and the first member's config; every member must share its frame size
+    and clip length."""
+    from rlir.models.idm import IDMEnsemble
+    paths = [p.strip() for p in str(spec).split(",") if p.strip()]
+    if len(paths) < 2:
+        return load_idm(spec, device)
+    loaded = [load_idm(p, device) for p in paths]
+    first = loaded[0][1]["model"]
+    for p, (_, c) in zip(paths[1:], loaded[1:]):
+        if (tuple(c["model"]["resolution"]), c["model"]["clip_len"]) != (tuple(first["resolution"]), first["clip_len"]):
+            raise ConfigError(f"IDM ensemble: {p} reads {c['model']['resolution']} x {c['model']['clip_len']} frames, "
+                              f"{paths[0]} {first['resolution']} x {first['clip_len']}")
+    return IDMEnsemble([m for m, _ in loaded]).eval(), loaded[0][1]
+
+
 def train_idm(cfg: IDMTrainConfig, progress: bool = True, stop_at_step: int | None = None) -> dict:
     """Train (or resume) an IDM; `stop_at_step` ends the run early as a kill would (for tests)."""
     from tqdm import tqdm
