@@ -32,6 +32,13 @@ def test_two_episode_collection_end_to_end(tmp_path):
         from rlir.actions import camera_to_bin
         np.testing.assert_array_equal(ep.actions[:, 7:], camera_to_bin(ep.camera_deg))
         assert (ep.actions[:, 3] == 0).all()        # use: left null by design in ViZDoom
+        assert ep.motion is not None and ep.motion.shape == (len(ep), 3) and ep.motion.dtype == np.float32
+    # the engine's recorded motion agrees with the keys: forward moves forward, right moves right
+    eps = [store.load(i) for i in store.ids()]
+    m, a = np.concatenate([e.motion for e in eps]), np.concatenate([e.actions for e in eps])
+    assert m[a[:, 0] == 1, 0].mean() > m[a[:, 0] == 0, 0].mean() + 1.0
+    if (a[:, 1] == 1).sum() >= 3 and (a[:, 1] == 2).sum() >= 3:
+        assert m[a[:, 1] == 2, 1].mean() > m[a[:, 1] == 1, 1].mean()
     maps = {e["source"]["map"] for e in store.entries}
     assert maps == {"map01", "freedoom1:e1m1"}
     meta = json.loads((out / "dataset.json").read_text())

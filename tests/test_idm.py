@@ -178,3 +178,32 @@ def test_reward_idm_ensemble(tmp_path):
     assert all(torch.allclose(s.log_softmax(-1), o, atol=1e-5) for s, o in zip(single(x), same(x)))
     with pytest.raises(RlirError, match="ensemble"):
         load_reward_idm(f"{paths[0]},{paths[2]}")
+
+
+def test_aux_motion_head_trains_on_recorded_motion(tmp_path):
+    from rlir.training.idm_trainer import motion_loss
+    store = EpisodeStore.create(tmp_path / "d", metadata={"resolution": [12, 16]})
+    for i in range(6):
+        ep = make_episode(20, seed=i)
+        ep.motion = np.random.default_rng(i).normal(0, 5, (20, 3)).astype(np.float32)
+        store.add(f"r{i}", ep, "val" if i < 1 else "train", {"recording": i, "seed": 0})
+    assert EpisodeStore(tmp_path / "d").load("r2").motion.shape == (20, 3)      # written and read back
+    cfg = IDMTrainConfig(data=str(tmp_path / "d"), out=str(tmp_path / "run"), model=IDMConfig(**SMALL, aux_motion=0.5),
+                         subset="all", steps=4, eval_every=2, batch_size=4, val_clips=4)
+    assert train_idm(cfg, progress=False)["steps"] == 4
+    m, _ = load_idm(tmp_path / "run" / "checkpoints" / "best")
+    x = torch.as_tensor(store.load("r0").frames[None, :6])
+    logits, motion = m(x, with_motion=True)
+    assert motion.shape == (1, 5, 5) and all(torch.equal(a, b) for a, b in zip(logits, m(x)))
+    # the loss is on standardised targets: a perfect prediction costs nothing
+    mo, cam, scale = torch.ones(1, 6, 3), torch.ones(1, 6, 2), torch.full((5,), 2.0)
+    assert motion_loss(torch.full((1, 5, 5), 0.5), mo, cam, scale).item() == 0.0
+    # a dataset recorded without motion is a clear error, not a crash
+    plain = EpisodeStore.create(tmp_path / "p", metadata={"resolution": [12, 16]})
+    for i in range(3):
+        plain.add(f"r{i}", make_episode(20, seed=i), "train", {"recording": i, "seed": 0})
+    cfg2 = IDMTrainConfig(**{**cfg.__dict__, "data": str(tmp_path / "p"), "out": str(tmp_path / "run2")})
+    with pytest.raises(RlirError, match="no recorded motion"):
+        train_idm(cfg2, progress=False)
+    with pytest.raises(RlirError, match="aux_motion"):
+        IDMConfig(arch="cnn3d", aux_motion=1.0).validate()

@@ -80,6 +80,15 @@ def recording_map(cfg: CollectConfig, index: int) -> str:
     return cfg.maps[index % len(cfg.maps)]
 
 
+def player_motion(v: dict, nv: dict) -> np.ndarray:
+    """The engine's displacement of the player between two observations: (forward, rightward) in the
+    view's frame at the first, and up, in map units. Doom's angle grows to the left (counter-clockwise)."""
+    dx, dy = nv["POSITION_X"] - v["POSITION_X"], nv["POSITION_Y"] - v["POSITION_Y"]
+    a = np.deg2rad(v["ANGLE"])
+    return np.array([dx * np.cos(a) + dy * np.sin(a), dx * np.sin(a) - dy * np.cos(a),
+                     nv["POSITION_Z"] - v["POSITION_Z"]], dtype=np.float32)
+
+
 def play(env: DoomEnv, cfg: CollectConfig, index: int) -> tuple[Episode, np.ndarray, dict]:
     """Play one recording. Returns the raw episode, a per-frame invalid flag, and info."""
     seed = cfg.seed * 1_000_003 + index
@@ -96,7 +105,7 @@ def play(env: DoomEnv, cfg: CollectConfig, index: int) -> tuple[Episode, np.ndar
             frame, v = env.reset(map_name, seed + 7919)
         else:
             frame, v = nxt, nv
-    frames, keys_log, cams, invalid = [], [], [], []
+    frames, keys_log, cams, invalid, motion = [], [], [], [], []
     for _ in range(cfg.frames):
         keys, pitch, yaw, cmds = policy.act(v)
         for c in cmds:
@@ -106,13 +115,14 @@ def play(env: DoomEnv, cfg: CollectConfig, index: int) -> tuple[Episode, np.ndar
         nxt, nv, cam = env.step(keys, pitch, yaw)
         keys_log.append(keys)
         cams.append(cam)
+        motion.append(player_motion(v, nv) if nxt is not None else np.zeros(3, np.float32))
         if nxt is None:   # level exit: the last action's result is not seen
             break
         frame, v = nxt, nv
     cam = np.stack(cams).astype(np.float32)
     k = {name: np.array([kl[name] for kl in keys_log]) for name in keys_log[0]}
     actions = buttons_to_actions(**k, pitch_deg=cam[:, 0], yaw_deg=cam[:, 1])
-    ep = Episode(np.stack(frames), actions, cam)
+    ep = Episode(np.stack(frames), actions, cam, np.stack(motion).astype(np.float32))
     return ep, np.array(invalid, bool), {"map": recording_map(cfg, index), "seed": seed}
 
 

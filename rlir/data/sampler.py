@@ -10,13 +10,16 @@ from rlir.errors import DataError
 
 
 def _stack(clips: list, ids: list[str], starts: list[int]) -> dict:
-    return {
+    out = {
         "frames": np.stack([c.frames for c in clips]),          # uint8 [B, T, H, W, 3]
         "actions": np.stack([c.actions for c in clips]),        # int16 [B, T, 9]
         "camera_deg": np.stack([c.camera_deg for c in clips]),  # float32 [B, T, 2]
         "episode_id": ids,
         "start": np.asarray(starts, dtype=np.int64),
     }
+    if all(c.motion is not None for c in clips):                # float32 [B, T, 3], where recorded
+        out["motion"] = np.stack([c.motion for c in clips])
+    return out
 
 
 class ClipSampler:

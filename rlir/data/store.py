@@ -3,7 +3,11 @@
 A dataset is a directory with
   manifest.jsonl   one JSON object per episode: id, path, n_frames, split, source
   dataset.json     what the whole collection is: resolution, fps, groups left null, preprocessing counts
-  <id>.npz         frames uint8 [T,H,W,3] RGB, actions int16 [T,9], camera_deg float32 [T,2]
+  <id>.npz         frames uint8 [T,H,W,3] RGB, actions int16 [T,9], camera_deg float32 [T,2],
+                   and optionally motion float32 [T,3]: the engine's own displacement of the player
+                   from frame t to t+1 in map units, (forward, rightward) in the view's frame and up
+                   (ViZDoom recordings since 2026-12; privileged targets for IDM training, never an
+                   input; datasets without it load as before)
 
 actions[t] is taken at frame t and leads to frame t+1. Every file is written atomically
 (temporary file, then rename) and the manifest is rewritten whole after each episode, so a
@@ -35,12 +39,14 @@ class Episode:
     frames: np.ndarray      # uint8 [T, H, W, 3]
     actions: np.ndarray     # int16 [T, 9]
     camera_deg: np.ndarray  # float32 [T, 2] raw (pitch, yaw) degrees before quantisation
+    motion: np.ndarray | None = None   # float32 [T, 3] engine displacement t -> t+1 (forward, right, up)
 
     def __len__(self) -> int:
         return int(self.frames.shape[0])
 
     def slice(self, start: int, stop: int) -> "Episode":
-        return Episode(self.frames[start:stop], self.actions[start:stop], self.camera_deg[start:stop])
+        return Episode(self.frames[start:stop], self.actions[start:stop], self.camera_deg[start:stop],
+                       None if self.motion is None else self.motion[start:stop])
 
 
 def check_episode(ep: Episode, name: str, n_frames: int | None = None,
@@ -54,6 +60,9 @@ def check_episode(ep: Episode, name: str, n_frames: int | None = None,
         raise DataError(f"{name}: actions must be int16 [{T},{N_GROUPS}], got {a.dtype} {list(a.shape)}")
     if c.dtype != np.float32 or c.shape != (T, 2):
         raise DataError(f"{name}: camera_deg must be float32 [{T},2], got {c.dtype} {list(c.shape)}")
+    if ep.motion is not None and (ep.motion.dtype != np.float32 or ep.motion.shape != (T, 3)
+                                  or not np.isfinite(ep.motion).all()):
+        raise DataError(f"{name}: motion must be finite float32 [{T},3], got {ep.motion.dtype} {list(ep.motion.shape)}")
     problem = validate_actions(a)
     if problem:
         raise DataError(f"{name}: {problem}")
@@ -67,7 +76,10 @@ def check_episode(ep: Episode, name: str, n_frames: int | None = None,
 def write_episode(path: str | Path, ep: Episode, compress: bool = True) -> None:
     check_episode(ep, str(path))
     save = np.savez_compressed if compress else np.savez
-    atomic_write(path, lambda fh: save(fh, frames=ep.frames, actions=ep.actions, camera_deg=ep.camera_deg))
+    arrays = dict(frames=ep.frames, actions=ep.actions, camera_deg=ep.camera_deg)
+    if ep.motion is not None:
+        arrays["motion"] = ep.motion
+    atomic_write(path, lambda fh: save(fh, **arrays))
 
 
 def read_episode(path: str | Path, n_frames: int | None = None,
@@ -81,7 +93,7 @@ def read_episode(path: str | Path, n_frames: int | None = None,
             missing = {"frames", "actions", "camera_deg"} - set(z.files)
             if missing:
                 raise DataError(f"{path}: episode file lacks {', '.join(sorted(missing))}")
-            ep = Episode(z["frames"], z["actions"], z["camera_deg"])
+            ep = Episode(z["frames"], z["actions"], z["camera_deg"], z["motion"] if "motion" in z.files else None)
     except DataError:
         raise
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError, zlib.error) as e:

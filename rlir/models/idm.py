@@ -38,6 +38,7 @@ class IDMConfig:
     n_heads: int = 4
     dropout: float = 0.1
     flow: bool = False                # optical flow (OpenCV DIS) as 2 more input channels: motion given, not learnt
+    aux_motion: float = 0.0           # > 0: a regression head on the engine's motion (training only), this weight
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -52,6 +53,9 @@ class IDMConfig:
         if self.flow and self.arch != "vpt":
             raise ConfigError("flow inputs are for the reward IDM (arch vpt); the judge (cnn3d) reads pixels only, "
                               "so a video that paints the flow the reward reads shows as a gap between the two")
+        if self.aux_motion < 0 or (self.aux_motion > 0 and self.arch != "vpt"):
+            raise ConfigError(f"aux_motion must be >= 0 and is for the reward IDM (arch vpt), got {self.aux_motion} "
+                              f"with arch {self.arch!r}")
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
 
@@ -66,6 +70,7 @@ def to_input(frames: torch.Tensor, with_motion: bool = True) -> torch.Tensor:
     return torch.cat([x, 2.0 * d], dim=1)
 
 
+MOTION_DIMS = 5     # the aux head's targets: the episode's motion (forward, right, up) and camera_deg (pitch, yaw)
 FLOW_SCALE = 0.25    # pixels -> input units: a 4-pixel shift (a fast turn at 64 px wide) reads as 1
 
 
@@ -156,6 +161,9 @@ class VPTIDM(nn.Module):
         self.transformer = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(cfg.d_model)
         self.heads = ActionHeads(cfg.d_model)
+        if cfg.aux_motion > 0:   # privileged targets: (forward, right, up, pitch, yaw) of t -> t+1, never an output
+            self.motion_head = nn.Sequential(nn.Linear(2 * cfg.d_model, 2 * cfg.d_model), nn.GELU(),
+                                             nn.Linear(2 * cfg.d_model, MOTION_DIMS))
         nn.init.normal_(self.time, std=0.02)
 
     def hidden(self, frames: torch.Tensor, flow: torch.Tensor | None = None) -> torch.Tensor:
@@ -171,9 +179,13 @@ class VPTIDM(nn.Module):
         h = self.proj(self.cnn(x)).view(B, T, -1) + self.time[:, :T]  # [B, T, d]
         return self.norm(self.transformer(h))                          # no mask: past and future
 
-    def forward(self, frames: torch.Tensor, flow: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """frames uint8 [B, T, H, W, 3] -> per group logits [B, T-1, K_g] for actions 0..T-2."""
-        return self.heads(self.hidden(frames, flow))
+    def forward(self, frames: torch.Tensor, flow: torch.Tensor | None = None, with_motion: bool = False):
+        """frames uint8 [B, T, H, W, 3] -> per group logits [B, T-1, K_g] for actions 0..T-2;
+        with_motion (training with aux_motion): also the motion head's [B, T-1, 5]."""
+        h = self.hidden(frames, flow)
+        if not with_motion:
+            return self.heads(h)
+        return self.heads(h), self.motion_head(torch.cat([h[:, :-1], h[:, 1:]], dim=-1))
 
     def features(self, frames: torch.Tensor) -> torch.Tensor:
         """One vector per video [B, d]: the hidden states averaged over time (for Frechet distances)."""

@@ -128,6 +128,27 @@ class FlowCache:
         return torch.stack(out)
 
 
+def motion_scale(store: EpisodeStore, ids: list[str]) -> torch.Tensor:
+    """Per-dimension std of the aux head's targets (forward, right, up, pitch, yaw) over the training
+    episodes: the regression is on standardised targets. A dataset without recorded motion is an error."""
+    rows = []
+    for i in ids:
+        ep = store.load(i)
+        if ep.motion is None:
+            raise DataError(f"{store.root}: episode {i} has no recorded motion, which aux_motion trains on; "
+                            f"record the data again with `rlir collect` (ViZDoom recordings carry it) or set "
+                            f"model.aux_motion=0")
+        rows.append(np.concatenate([ep.motion, ep.camera_deg], axis=1))
+    return torch.tensor(np.concatenate(rows).std(0), dtype=torch.float32).clamp_min(1e-3)
+
+
+def motion_loss(pred: torch.Tensor, motion: torch.Tensor, camera_deg: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Smooth L1 of the aux head's [B, T-1, 5] against the standardised engine motion of t -> t+1."""
+    n = pred.shape[1]
+    target = torch.cat([motion[:, :n], camera_deg[:, :n]], dim=-1).float() / scale.to(pred.device)
+    return F.smooth_l1_loss(pred.float(), target.to(pred.device))
+
+
 def idm_loss(logits: list[torch.Tensor], actions: torch.Tensor, weights: list[torch.Tensor] | None = None,
              mean_over_ranks=None) -> tuple[torch.Tensor, dict]:
     """Sum over groups of the (weighted) cross-entropy of a_t, t = 0..T-2: sum_i w_i l_i / sum_i w_i.
@@ -242,6 +263,7 @@ def train_idm(cfg: IDMTrainConfig, progress: bool = True, stop_at_step: int | No
     rngs = {"sampler": sampler.rng, "aug": aug_rng}
     weights = class_weights(store, ids, cfg.class_weight_power)
     flows = FlowCache(store) if cfg.model.flow else None
+    m_scale = motion_scale(store, ids) if cfg.model.aux_motion > 0 else None
     last = out / "checkpoints" / "last"
     meta = load_train_state(last, "idm_train_state", model, opt, sched, rngs)   # resume after a kill
     step, best, history = (meta["step"], meta["best"], meta["history"]) if meta else (0, -1e9, [])
@@ -261,16 +283,24 @@ def train_idm(cfg: IDMTrainConfig, progress: bool = True, stop_at_step: int | No
         frames = augment(torch.from_numpy(b["frames"]), aug_rng, cfg.aug_brightness, cfg.aug_shift,
                          rows, cfg.batch_size, flow=flow)
         frames, flow = frames if flow is not None else (frames, None)
+        kw = {"flow": flow} if flow is not None else {}
         with d.autocast():
-            logits = model(frames.to(cfg.device), **({"flow": flow} if flow is not None else {}))
+            if m_scale is not None:     # privileged targets: the motion head learns the engine's motion too
+                logits, m_pred = model(frames.to(cfg.device), with_motion=True, **kw)
+            else:
+                logits = model(frames.to(cfg.device), **kw)
             loss, parts = idm_loss(logits, torch.from_numpy(b["actions"]).to(cfg.device), weights, d.mean_tensor)
+            if m_scale is not None:
+                m_loss = motion_loss(m_pred, torch.from_numpy(b["motion"]), torch.from_numpy(b["camera_deg"]), m_scale)
+                loss = loss + cfg.model.aux_motion * m_loss
         optimizer_step(loss, model, opt, sched, cfg.grad_clip)
         loss_v, out_of_time = step_stats(d, loss, t0, cfg.max_minutes)
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss_v:.3f}")
         if step % 25 == 0:
-            runlog.scalars(step, {"train/loss": loss_v, "train/lr": sched.get_last_lr()[0]})
+            runlog.scalars(step, {"train/loss": loss_v, "train/lr": sched.get_last_lr()[0],
+                                  **({"train/motion_loss": float(m_loss.detach())} if m_scale is not None else {})})
         if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
             with d.autocast():
                 m = evaluate_idm(unwrap(model), store, "val", cfg.model.clip_len, max_clips=cfg.val_clips, n_boot=0,
