@@ -32,7 +32,7 @@ from rlir.eval.generate import bootstrap_ci  # noqa: E402
 from rlir.eval.action_metrics import action_metrics  # noqa: E402
 from rlir.rl.rewards import MODES, POOLED, InverseReward  # noqa: E402
 from rlir.training.idm_trainer import predict  # noqa: E402
-from rlir.training.idm_trainer import load_idm  # noqa: E402
+from rlir.training.idm_trainer import load_idm, load_reward_idm  # noqa: E402
 
 
 def perturb(frames: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
@@ -91,8 +91,8 @@ def main() -> None:
     for role, path in (("reward_idm", a.idm), ("judge_idm", a.judge)):
         if not path:
             continue
-        model, cfg = load_idm(path)
-        out = {"checkpoint": path, "arch": cfg["arch"], "sensitivity": {}, "ranking": {}}
+        model, cfg = load_reward_idm(path) if role == "reward_idm" else load_idm(path)   # "a,b": an ensemble
+        out = {"checkpoint": path, "arch": cfg["arch"], "flow": bool(cfg["model"].get("flow", False)), "sensitivity": {}, "ranking": {}}
         # f1_gain is a share of a batch's pooled F1: the set's pooled shown-group F1 is what it climbs
         f1 = {}
         for kind, f in videos.items():
