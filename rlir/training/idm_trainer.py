@@ -92,21 +92,21 @@ def augment(frames: torch.Tensor, rng: np.random.Generator, brightness: float, s
                         dtype=torch.float32).view(B, 1, 1, 1, 1)
     x = (x * gain + bias).clamp(0, 255)
     if shift > 0:
-        H, W = x.shape[2:4]
-        pad = F.pad(x.permute(0, 1, 4, 2, 3).flatten(1, 2), (shift,) * 4, mode="replicate")  # [B, T*3, H+2s, W+2s]
-        out = torch.empty_like(x)
         shifts = [rng.integers(0, 2 * shift + 1, 2) for _ in range(total)][rows]
-        for b, (dy, dx) in enumerate(shifts):
-            out[b] = pad[b, :, dy:dy + H, dx:dx + W].view(x.shape[1], 3, H, W).permute(0, 2, 3, 1)
-        x = out
-        if flow is not None:
-            fpad = F.pad(flow.float().permute(0, 1, 4, 2, 3).flatten(1, 2), (shift,) * 4, mode="replicate")
-            fout = torch.empty_like(flow, dtype=torch.float32)
-            for b, (dy, dx) in enumerate(shifts):
-                fout[b] = fpad[b, :, dy:dy + H, dx:dx + W].view(flow.shape[1], 2, H, W).permute(0, 2, 3, 1)
-            flow = fout
+        x = shift_clips(x, shifts, shift)
+        flow = None if flow is None else shift_clips(flow.float(), shifts, shift)
     x = x.round().to(torch.uint8)
     return x if flow is None else (x, flow)
+
+
+def shift_clips(x: torch.Tensor, shifts, shift: int) -> torch.Tensor:
+    """Float [B, T, H, W, C] -> each clip cropped at its (dy, dx) from its edge-replicated padding."""
+    B, T, H, W, C = x.shape
+    pad = F.pad(x.permute(0, 1, 4, 2, 3).flatten(1, 2), (shift,) * 4, mode="replicate")  # [B, T*C, H+2s, W+2s]
+    out = torch.empty_like(x)
+    for b, (dy, dx) in enumerate(shifts):
+        out[b] = pad[b, :, dy:dy + H, dx:dx + W].view(T, C, H, W).permute(0, 2, 3, 1)
+    return out
 
 
 class FlowCache:
