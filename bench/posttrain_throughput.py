@@ -86,6 +86,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2, help="timed steps (after one warm-up step)")
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a post-training setting over the preset's (repeatable), for the baseline and every variant")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                   help="also time the preset with these settings, in the same run, and report its speed-up "
+                        "over the baseline (repeatable), e.g. window2:sde_window=2")
     p.add_argument("--out", default=None, help="JSON (default bench/results/posttrain_throughput_<...>.json)")
     a = p.parse_args()
     torch.manual_seed(a.seed)
@@ -110,46 +115,62 @@ def main() -> None:
     save_checkpoint(tmp / "idm", {"kind": "idm", "arch": "vpt", "model": asdict(icfg)},
                     {"model": build_idm(icfg).state_dict()})
     data = synthetic_store(tmp / "data", tok_cfg.resolution, frames=a.frames + 8)
-    cfg = load_config(GRPOConfig, ROOT / "configs" / "posttrain" / f"{a.paradigm}_tiny.yaml",
-                      [f"batch_size={a.batch_size}", f"num_generations={a.num_generations}", f"frames={a.frames}",
-                       "probe_clips=0", "media_every=0", "save_every=1000000", "eval_every=1000000",
-                       f"steps={a.steps + 1}", f"seed={a.seed}", f"precision={a.precision}", f"parallel={a.parallel}",
-                       f"activation_checkpointing={a.activation_checkpointing}", "gradient_accumulation_steps=1"],
-                      world_model=str(tmp / "wm"), idm=str(tmp / "idm"), data=data, out=str(tmp / "run"),
-                      device=a.device)
-    tr = Posttrainer(cfg)
-    rows = [tr.step(s) for s in range(a.steps + 1)][1:]            # step 0 warms up (kernels, caches)
-    G, B, F = cfg.num_generations, cfg.batch_size, cfg.frames
-    n_roll = B * G
-    gen_s = float(np.mean([r["generation_time"] for r in rows]))
-    step_s = float(np.mean([r["step_time"] for r in rows]))
-    train_s = step_s - gen_s
-    n_body = n_params - emb
-    if a.paradigm == "ar":
-        gen_tokens = n_roll * (F - 1) * mcfg.tokens_per_frame                       # sampled visual tokens
-        seq = mcfg.seq_len(F)
-        train_tokens = n_roll * seq * cfg.num_iterations                            # scored (teacher-forced)
-        flops = 2 * n_body * gen_tokens + 6 * n_body * train_tokens + (2 * n_body * n_roll * seq if cfg.beta > 0 else 0)
-    else:
-        N = mcfg.tokens_per_frame
-        gen_tokens = n_roll * (F - 1) * N * (cfg.sde_steps + 1)                    # + the clean pass caching K/V
-        k = tr.policy.n_train_steps
-        train_tokens = n_roll * k * (2 * F - 1) * N * cfg.num_iterations           # [clean | noisy] per step
-        flops = 2 * n_body * gen_tokens + 6 * n_body * train_tokens
-    dtype = torch.bfloat16 if a.precision == "bf16" else torch.float32
-    peak = matmul_rate(tr.cfg.device, dtype, 8192 if a.device.startswith("cuda") else 1024) * world
-    res = {
-        "command": " ".join(sys.argv), "seed": a.seed, "world_size": world, "device": a.device,
-        "device_name": torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu",
-        "torch_threads": torch.get_num_threads(), "paradigm": a.paradigm, "preset": a.preset, "codec": a.codec,
-        "params": n_params, "params_non_embedding": n_body, "precision": a.precision, "parallel": a.parallel,
-        "activation_checkpointing": a.activation_checkpointing, "prompts": B, "num_generations": G, "frames": F,
-        "step_s": step_s, "generation_s": gen_s, "train_s": train_s,
-        "rollout_frames_per_s": n_roll * (F - 1) / gen_s,
-        "training_tokens_per_s": train_tokens / max(train_s, 1e-9),
-        "model_flops_per_s": flops / step_s, "measured_matmul_flops_per_s": peak,
-        "mfu": flops / step_s / peak, "steps_timed": a.steps,
-    }
+    def measure(extra: list[str]) -> dict:
+        cfg = load_config(GRPOConfig, ROOT / "configs" / "posttrain" / f"{a.paradigm}_tiny.yaml",
+                          [f"batch_size={a.batch_size}", f"num_generations={a.num_generations}", f"frames={a.frames}",
+                           "probe_clips=0", "media_every=0", "save_every=1000000", "eval_every=1000000",
+                           f"steps={a.steps + 1}", f"seed={a.seed}", f"precision={a.precision}", f"parallel={a.parallel}",
+                           f"activation_checkpointing={a.activation_checkpointing}", "gradient_accumulation_steps=1",
+                           *a.set, *extra],
+                          world_model=str(tmp / "wm"), idm=str(tmp / "idm"), data=data, out=tempfile.mkdtemp(dir=tmp),
+                          device=a.device)
+        tr = Posttrainer(cfg)
+        rows = [tr.step(s) for s in range(a.steps + 1)][1:]            # step 0 warms up (kernels, caches)
+        G, B, F = cfg.num_generations, cfg.batch_size, cfg.frames
+        n_roll = B * G
+        gen_s = float(np.mean([r["generation_time"] for r in rows]))
+        step_s = float(np.mean([r["step_time"] for r in rows]))
+        train_s = step_s - gen_s
+        n_body = n_params - emb
+        if a.paradigm == "ar":
+            gen_tokens = n_roll * (F - 1) * mcfg.tokens_per_frame                       # sampled visual tokens
+            seq = mcfg.seq_len(F)
+            train_tokens = n_roll * seq * cfg.num_iterations                            # scored (teacher-forced)
+            flops = 2 * n_body * gen_tokens + 6 * n_body * train_tokens + (2 * n_body * n_roll * seq if cfg.beta > 0 else 0)
+        else:
+            N = mcfg.tokens_per_frame
+            gen_tokens = n_roll * (F - 1) * N * (cfg.sde_steps + 1)                    # + the clean pass caching K/V
+            k = tr.policy.n_train_steps
+            train_tokens = n_roll * k * (2 * F - 1) * N * cfg.num_iterations           # [clean | noisy] per step
+            flops = 2 * n_body * gen_tokens + 6 * n_body * train_tokens
+        dtype = torch.bfloat16 if a.precision == "bf16" else torch.float32
+        peak = matmul_rate(tr.cfg.device, dtype, 8192 if a.device.startswith("cuda") else 1024) * world
+        res = {
+            "command": " ".join(sys.argv), "seed": a.seed, "world_size": world, "device": a.device,
+            "device_name": torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu",
+            "torch_threads": torch.get_num_threads(), "paradigm": a.paradigm, "preset": a.preset, "codec": a.codec,
+            "params": n_params, "params_non_embedding": n_body, "precision": a.precision, "parallel": a.parallel,
+            "activation_checkpointing": a.activation_checkpointing, "prompts": B, "num_generations": G, "frames": F,
+            "step_s": step_s, "generation_s": gen_s, "train_s": train_s,
+            "rollout_frames_per_s": n_roll * (F - 1) / gen_s,
+            "training_tokens_per_s": train_tokens / max(train_s, 1e-9),
+            "model_flops_per_s": flops / step_s, "measured_matmul_flops_per_s": peak,
+            "mfu": flops / step_s / peak, "steps_timed": a.steps, "settings": list(a.set) + list(extra),
+            "trained_sde_steps": tr.policy.n_train_steps if a.paradigm == "diffusion" else None,
+        }
+        return res
+
+    res = measure([])
+    if a.variant:
+        variants = {}
+        for v in a.variant:
+            name, _, kv = v.partition(":")
+            if not name or not kv:
+                raise SystemExit(f"--variant wants NAME:KEY=VALUE[,KEY=VALUE], got {v!r}")
+            variants[name] = measure(kv.split(","))
+            variants[name]["step_speedup_vs_baseline"] = res["step_s"] / variants[name]["step_s"]
+            variants[name]["train_speedup_vs_baseline"] = res["train_s"] / variants[name]["train_s"]
+        res = {**res, "variants": variants}
     if is_main():
         out = Path(a.out or ROOT / "bench" / "results" /
                    f"posttrain_throughput_{a.paradigm}_{a.preset}_{a.codec}_{a.device}_{a.precision}_w{world}.json")

@@ -112,6 +112,28 @@ def test_sde_sampler_and_scorer_agree_and_the_ratio_is_one():
         m.zero_grad()
 
 
+
+def test_mixgrpo_window_is_sde_inside_ode_outside_and_scores_its_own_steps():
+    m = _model()
+    x, _, a = _inputs()
+    start = torch.tensor([0, 3, 7])
+    tr = rollout(m, x[:, 0], a, CFG.clip_len, steps=10, mode="sde", eta=0.75,
+                 generator=torch.Generator().manual_seed(0), window_start=start, window=2)
+    inside = torch.zeros(3, 10, dtype=torch.bool)
+    for b, s in enumerate(start.tolist()):
+        inside[b, s:s + 2] = True
+    # log-probs only where the sampler was stochastic; elsewhere the step is exactly Euler's
+    assert (tr.logps[~inside[:, None, :].expand_as(tr.logps)] == 0).all()
+    assert (tr.logps[inside[:, None, :].expand_as(tr.logps)] != 0).all()
+    i, s = 5, flow_sigmas(10)                           # step 5: outside sample 0's window, inside none
+    with torch.no_grad():
+        v = m.velocity_teacher_forced(tr.latents, tr.steps[:, :, i], torch.full((3, CFG.clip_len - 1), float(s[i])), a)
+    euler = tr.steps[:, :, i] + v * (s[i + 1] - s[i])
+    assert torch.allclose(euler[0], tr.steps[0, :, i + 1], atol=1e-4)            # sample 0: the ODE step
+    # the window's own steps score as sampled (the GRPO ratio starts at 1)
+    lp, _, _ = score_steps(m.train(), tr, a, start + 1)
+    ref = tr.logps.gather(2, (start + 1).view(3, 1, 1).expand(3, CFG.clip_len - 1, 1))[..., 0]
+    assert (lp - ref).abs().max() < 1e-4
 def test_context_noise_conditions_on_a_renoised_cache_and_only_for_the_ode():
     m = _model()
     x, _, a = _inputs()

@@ -7,6 +7,7 @@ import torch
 
 from rlir.cli import main
 from rlir.data.store import EpisodeStore
+from rlir.errors import ConfigError
 from rlir.models.ar_world_model import ARConfig, build_llama
 from rlir.models.dit_world_model import DiTConfig, DiTWorldModel
 from rlir.models.idm import IDMConfig, build_idm
@@ -324,3 +325,24 @@ def test_dynamic_sampling_leaves_out_or_replaces_groups_without_signal(tmp_path,
     row2 = tr2.step(0)                     # every group flat: nothing to learn from, no update
     assert row2["frac_reward_zero_std"] == 1.0 and "grad_norm" not in row2
     assert all(torch.equal(before[k], v) for k, v in tr2.model.state_dict().items())
+
+
+def test_mixgrpo_window_trains_one_window_per_group_with_frame_credit(tmp_path):
+    from rlir.rl.trainer import Posttrainer
+    wm, idm = _checkpoints(tmp_path, "diffusion")
+    cfg = GRPOConfig(world_model=wm, idm=idm, data=_store(tmp_path / "data"), out=str(tmp_path / "o"), frames=T,
+                     batch_size=2, num_generations=4, probe_clips=0, sde_steps=6, sde_window=2, advantage="frame",
+                     reward_mode="f1_gain_soft", gamma=0.5, lr=1e-3, media_every=0)
+    tr = Posttrainer(cfg)
+    row = tr.step(0)
+    ro = tr._last[0]
+    chosen = ro.data["chosen"]
+    assert tr.policy.n_train_steps == 2 and chosen.shape == (8, 2)
+    assert torch.equal(chosen[:, 1], chosen[:, 0] + 1) and int(chosen.max()) <= cfg.sde_steps - 2
+    assert all(len(set(chosen[g * 4:(g + 1) * 4, 0].tolist())) == 1 for g in range(2))   # a group shares it
+    steps = torch.arange(cfg.sde_steps)
+    outside = (steps[None] < chosen[:, :1]) | (steps[None] > chosen[:, 1:])             # [8, S]
+    assert (ro.data["logps"].permute(0, 2, 1)[outside] == 0).all()                       # ODE there
+    assert row["logp_mismatch"] < 1e-3 and row["ratio_mean"] == pytest.approx(1.0, abs=1e-3)
+    with pytest.raises(ConfigError, match="sde_window"):
+        GRPOConfig(world_model=wm, idm=idm, data="d", out="o", sde_steps=6, sde_window=6).validate()

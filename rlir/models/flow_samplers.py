@@ -79,10 +79,14 @@ class SDETrajectory:
 @torch.no_grad()
 def rollout(model: DiTWorldModel, z0: torch.Tensor, actions: torch.Tensor, frames: int, steps: int = 18,
             mode: str = "ode", solver: str = "dpm++", eta: float = 0.75, shift: float = 1.0,
-            generator=None, context_sigma: float = 0.0):
+            generator=None, context_sigma: float = 0.0, window_start: torch.Tensor | None = None,
+            window: int = 0):
     """Generate frames 1..frames-1 from frame 0's latents z0 [B, N, C] under actions [B, >=frames-1, 9].
 
     mode 'ode': returns latents [B, F, N, C]. mode 'sde' (Flow-GRPO): returns an SDETrajectory.
+    With `window` > 0 (MixGRPO's mixed sampler) sample b takes SDE steps only at window_start[b] ..
+    window_start[b] + window - 1 and Euler ODE steps elsewhere (log-prob 0 there): all of its
+    randomness, and so all the credit, lives in the steps that are trained.
     The finished frames' keys/values are cached, computed once at sigma = 0, or (ODE only) after
     re-noising each frame to `context_sigma` (diffusion forcing's stabilisation; the SDE's scorer
     assumes a clean context, so it refuses this).
@@ -112,8 +116,15 @@ def rollout(model: DiTWorldModel, z0: torch.Tensor, actions: torch.Tensor, frame
         elif mode == "sde":
             xs, lps = [x], []
             for i in range(steps):
-                noise = randn(x.shape, generator, z0.device)
-                x, _, _, lp = sde_step(x, velocity(x, float(s[i])), s[i], s[i + 1], eta, float(s[1]), noise)
+                noise = randn(x.shape, generator, z0.device)        # drawn at every step: same streams
+                v = velocity(x, float(s[i]))
+                x_sde, _, _, lp = sde_step(x, v, s[i], s[i + 1], eta, float(s[1]), noise)
+                if window:
+                    inside = (window_start <= i) & (i < window_start + window)              # [B]
+                    x_ode = x.float() + v.float() * (s[i + 1] - s[i])                       # eta = 0
+                    x_sde = torch.where(inside.view(-1, 1, 1), x_sde, x_ode)
+                    lp = torch.where(inside, lp, torch.zeros_like(lp))
+                x = x_sde
                 xs.append(x)
                 lps.append(lp)
             traj.append(torch.stack(xs, 1))

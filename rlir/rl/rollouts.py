@@ -149,10 +149,10 @@ class DiffusionPolicy:
 
     def __init__(self, model, cfg, codec, frames: int, sde_steps: int = 10, noise_level: float = 0.75,
                  timestep_fraction: float = 0.6, clip_range: float = 1e-4, adv_clip_max: float = 5.0,
-                 beta: float = 0.0, eval_steps: int = 18, **_):
+                 beta: float = 0.0, eval_steps: int = 18, sde_window: int = 0, **_):
         self.model, self.cfg, self.codec, self.frames = model, cfg, codec, frames
-        self.sde_steps, self.eta, self.eval_steps = sde_steps, noise_level, eval_steps
-        self.n_train_steps = min(sde_steps - 1, max(1, math.ceil(timestep_fraction * sde_steps - 1e-9)))
+        self.sde_steps, self.eta, self.eval_steps, self.window = sde_steps, noise_level, eval_steps, sde_window
+        self.n_train_steps = sde_window or min(sde_steps - 1, max(1, math.ceil(timestep_fraction * sde_steps - 1e-9)))
         self.clip_range, self.adv_clip_max, self.beta = clip_range, adv_clip_max, beta
         from rlir.models.flow_samplers import flow_sigmas
         self.sigmas = flow_sigmas(sde_steps)          # what rollout(mode="sde") steps through
@@ -169,15 +169,22 @@ class DiffusionPolicy:
             video = self.codec.decode(lat).cpu()
             video[:, 0] = frame0
             return Rollouts(video, actions, {})
+        from rlir.utils.rand import GroupGenerators, rand
+        B, start = len(frame0), None
+        if self.window:      # MixGRPO: one window of SDE steps per group (its rollouts differ only there),
+            n_starts = self.sde_steps - self.window          # placed at random in steps 0..S-2
+            one = generator.regroup(1) if isinstance(generator, GroupGenerators) else generator
+            u = rand((len(one) if isinstance(one, GroupGenerators) else 1, 1), one, generator.device)[:, 0]
+            start = (u * n_starts).long().clamp(max=n_starts - 1).repeat_interleave(B // len(u)).to(dev)
         tr = rollout(self.model, z0, actions.to(dev), self.frames, steps=self.sde_steps, mode="sde", eta=self.eta,
-                     generator=generator)
+                     generator=generator, window_start=start, window=self.window)
         video = self.codec.decode(tr.latents).cpu()
         video[:, 0] = frame0
-        # timestep selection: a random subset of steps 0..S-2 per rollout (the last step is near-deterministic)
-        B = len(video)
-        from rlir.utils.rand import rand
-        keys = rand((B, self.sde_steps - 1), generator, generator.device)
-        chosen = keys.argsort(1)[:, : self.n_train_steps]
+        if self.window:      # train every step of the window
+            chosen = (start[:, None] + torch.arange(self.window, device=dev)).cpu()
+        else:                # timestep selection: a random subset of steps 0..S-2 (the last is near-deterministic)
+            keys = rand((B, self.sde_steps - 1), generator, generator.device)
+            chosen = keys.argsort(1)[:, : self.n_train_steps]
         return Rollouts(video, actions, {"latents": tr.latents, "steps": tr.steps, "logps": tr.logps,
                                          "chosen": chosen.cpu()})
 

@@ -79,6 +79,8 @@ class GRPOConfig(LoopConfig):
     sde_steps: int = 10
     noise_level: float = 0.75
     timestep_fraction: float = 0.6
+    sde_window: int = 0                      # 0: SDE at every step, train timestep_fraction of them | W: MixGRPO,
+                                             # SDE (and training) on W consecutive steps, ODE elsewhere
     clip_range: float = 1e-4
     adv_clip_max: float = 5.0
     eval_steps: int = 18
@@ -113,6 +115,9 @@ class GRPOConfig(LoopConfig):
             raise ConfigError("the preference reward needs preference_fn: 'module:function'")
         if not 0 < self.timestep_fraction <= 1 or self.sde_steps < 2:
             raise ConfigError("timestep_fraction must be in (0, 1] and sde_steps at least 2")
+        if not 0 <= self.sde_window < self.sde_steps:
+            raise ConfigError(f"sde_window must be in [0, sde_steps - 1] (the last step is never trained), got "
+                              f"{self.sde_window} with sde_steps {self.sde_steps}")
         if not 0 < self.top_p <= 1 or self.temperature <= 0:
             raise ConfigError("top_p must be in (0, 1] and temperature positive")
         from rlir.rl.rewards import MODES
@@ -255,7 +260,8 @@ class Posttrainer:
                                   temperature=cfg.temperature, top_p=cfg.top_p, loss_type=cfg.loss_type,
                                   epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta,
                                   sde_steps=cfg.sde_steps, noise_level=cfg.noise_level,
-                                  timestep_fraction=cfg.timestep_fraction, clip_range=cfg.clip_range,
+                                  timestep_fraction=cfg.timestep_fraction, sde_window=cfg.sde_window,
+                                  clip_range=cfg.clip_range,
                                   adv_clip_max=cfg.adv_clip_max, eval_steps=cfg.eval_steps,
                                   rollout_precision=cfg.rollout_precision)
         self.ref = None
@@ -477,7 +483,7 @@ RESUME_KEEPS = ("world_model", "idm", "judge", "data", "frames", "seed", "batch_
                 "preference_fn",
                 "prompt_clips",
                 "dynamic_sampling", "max_resample_rounds", "sde_steps", "noise_level", "timestep_fraction",
-                "clip_range", "adv_clip_max", "parallel", "precision")
+                "sde_window", "clip_range", "adv_clip_max", "parallel", "precision")
 
 
 def check_resume(out: Path, saved: dict | None, cfg: GRPOConfig) -> None:
