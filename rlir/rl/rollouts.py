@@ -171,10 +171,10 @@ class DiffusionPolicy:
             return Rollouts(video, actions, {})
         from rlir.utils.rand import GroupGenerators, rand
         B, start = len(frame0), None
-        if self.window:      # MixGRPO: one window of SDE steps per group (its rollouts differ only there),
-            n_starts = self.sde_steps - self.window          # placed at random in steps 0..S-2
-            one = generator.regroup(1) if isinstance(generator, GroupGenerators) else generator
-            u = rand((len(one) if isinstance(one, GroupGenerators) else 1, 1), one, generator.device)[:, 0]
+        if self.window:      # MixGRPO: one window of SDE steps per group, at random in steps 0..S-2
+            groups = generator.regroup(1) if isinstance(generator, GroupGenerators) else generator
+            u = rand((len(groups) if isinstance(groups, GroupGenerators) else 1,), groups, generator.device)
+            n_starts = self.sde_steps - self.window
             start = (u * n_starts).long().clamp(max=n_starts - 1).repeat_interleave(B // len(u)).to(dev)
         tr = rollout(self.model, z0, actions.to(dev), self.frames, steps=self.sde_steps, mode="sde", eta=self.eta,
                      generator=generator, window_start=start, window=self.window)
