@@ -29,14 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rlir.actions import GROUPS  # noqa: E402
 from rlir.data.sampler import load_clips  # noqa: E402
 from rlir.data.store import EpisodeStore  # noqa: E402
-from rlir.eval.action_metrics import DISCRETE, _summary, confusions, prf_from_confusion  # noqa: E402
-from rlir.eval.generate import bootstrap_ci, load_world_model, psnr_per_clip  # noqa: E402
+from rlir.eval.action_metrics import DISCRETE  # noqa: E402
+from rlir.eval.generate import load_world_model, psnr_per_clip  # noqa: E402
+from rlir.eval.paired import action_table, boot_indices, scalar  # noqa: E402
 from rlir.rl.rewards import per_frame_inverse_reward, shown_groups  # noqa: E402
 from rlir.training.idm_trainer import load_idm, load_reward_idm  # noqa: E402
 from rlir.utils.rand import GroupGenerators  # noqa: E402
 
 FRAMES = 16
-HEADLINE = ("f1_macro", "f1_macro_shown", "camera_pitch_bin_error", "camera_yaw_bin_error")
 
 
 def spread_clips(store: EpisodeStore, n: int, frames: int = FRAMES, split: str = "test") -> list[tuple[str, int]]:
@@ -82,36 +82,6 @@ def idm_outputs(idm, videos: np.ndarray, actions: np.ndarray, groups, batch: int
     return {"pred": np.concatenate(preds), "balanced": np.concatenate(bal), "per_group": np.concatenate(pg)}
 
 
-def pooled(cms: list[np.ndarray], idx: np.ndarray, shown: tuple[int, ...]) -> dict:
-    sub = [c[idx].sum(0) for c in cms]
-    h = _summary(sub, DISCRETE)
-    h["f1_macro_shown"] = _summary(sub, shown)["f1_macro"]
-    return {k: h[k] for k in HEADLINE}
-
-
-def action_table(pred: np.ndarray, true: np.ndarray, shown, boots: np.ndarray, base_pred=None) -> dict:
-    """Headline metrics with bootstrap intervals; with base_pred also the paired difference to it."""
-    cms = confusions(pred, true)
-    full = pooled(cms, np.arange(len(pred)), shown)
-    samples = [pooled(cms, b, shown) for b in boots]
-    res = {k: {"mean": full[k], "ci95": _pct([s[k] for s in samples])} for k in HEADLINE}
-    res["per_group_f1"] = {GROUPS[g]: prf_from_confusion(cms[g].sum(0))["f1_macro"] for g in shown}
-    if base_pred is not None:
-        bcms = confusions(base_pred, true)
-        bfull = pooled(bcms, np.arange(len(pred)), shown)
-        bsamples = [pooled(bcms, b, shown) for b in boots]
-        res["per_group_f1_minus_base"] = {GROUPS[g]: res["per_group_f1"][GROUPS[g]] -
-                                          prf_from_confusion(bcms[g].sum(0))["f1_macro"] for g in shown}
-        for k in HEADLINE:
-            d = [s[k] - bs[k] for s, bs in zip(samples, bsamples)]
-            res[k]["minus_base"] = {"mean": full[k] - bfull[k], "ci95": _pct(d)}
-    return res
-
-
-def _pct(x) -> list[float]:
-    return [float(np.percentile(x, 2.5)), float(np.percentile(x, 97.5))]
-
-
 def per_clip_stats(videos: np.ndarray, real: np.ndarray) -> dict:
     from torchmetrics.functional.image import structural_similarity_index_measure as ssim
     g, r = torch.from_numpy(videos[:, 1:]), torch.from_numpy(real[:, 1:])
@@ -120,15 +90,6 @@ def per_clip_stats(videos: np.ndarray, real: np.ndarray) -> dict:
     s = ssim(flat(g), flat(r), data_range=1.0, reduction="none").view(N, T).mean(1).numpy()
     return {"psnr": np.minimum(np.array(psnr_per_clip(g, r)), 100.0), "ssim": s,
             "brightness": g.float().flatten(1).mean(1).numpy()}
-
-
-def scalar(x: np.ndarray, base: np.ndarray | None, seed: int) -> dict:
-    out = {"mean": float(x.mean()), "ci95": bootstrap_ci(x, seed=seed)}
-    if base is not None:
-        d = x - base
-        out["minus_base"] = {"mean": float(d.mean()), "ci95": bootstrap_ci(d, seed=seed),
-                             "clips_higher": int((d > 0).sum()), "clips_lower": int((d < 0).sum())}
-    return out
 
 
 def video_cache(root: str, ckpt: str, windows, seed: int) -> Path:
@@ -190,8 +151,7 @@ def main() -> None:
                 np.save(cache, videos[name])
         gen_seconds[name] = time.time() - t
         print(f"rolled out {name} ({ckpt}): {gen_seconds[name]:.0f} s", flush=True)
-    rng = np.random.default_rng(a.seed)
-    boots = rng.integers(0, len(windows), size=(a.n_boot, len(windows)))
+    boots = boot_indices(len(windows), a.n_boot, a.seed)
     report = {"bench": "rlir_gain", "command": " ".join(sys.argv), "seed": a.seed, "data": a.data, "split": a.split,
               "clips": len(windows), "episodes": len(episodes), "windows": [list(w) for w in windows],
               "sampler": {"ar": "top-p 0.8, temperature 1", "diffusion": "DPM-Solver++ 18 steps"},

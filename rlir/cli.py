@@ -186,6 +186,19 @@ def cmd_evaluate(a) -> int:
     return 0
 
 
+def cmd_compare(a) -> int:
+    from rlir.eval.paired import compare_evaluations, format_comparison
+    from rlir.utils.io import atomic_write_json
+    c = compare_evaluations(a.base, a.treatment, n_boot=a.n_boot, seed=a.seed)
+    print(format_comparison(c))
+    for role, why in c["skipped"].items():
+        print(f"  {role}: not compared, {why}")
+    if a.out:
+        atomic_write_json(a.out, c)
+        print(f"wrote {a.out}")
+    return 0
+
+
 def cmd_report(a) -> int:
     from rlir.eval.report import build_report
     res = build_report(a.run_dirs, a.out, labels=a.label, roles=a.role, n_videos=a.videos, progress=not a.quiet,
@@ -207,6 +220,9 @@ def cmd_demo(a) -> int:
                  if isinstance(r.get(k), dict) and r[k].get("value") is not None
                  and not (k == "PSNR" and r[k]["value"] >= PSNR_CAP_DB)]   # real clips against themselves
         print(f"  {r.get('label', '?'):<24} " + "  ".join(cells))
+    from rlir.eval.paired import format_comparison
+    for c in res.get("paired", []):
+        print(format_comparison(c))
     print(f"\ndemo finished in {res['minutes']:.1f} min; report: {res['report']}")
     return 0
 
@@ -353,6 +369,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "model's config records post-training, else base)")
     e.set_defaults(func=cmd_evaluate)
 
+    c = sub.add_parser("compare", parents=[common], help="paired difference of two evaluations of the same clips",
+                       description="TREATMENT minus BASE, clip by clip: both folders are `rlir evaluate` outputs on "
+                       "the same clips (same data, split, --max-clips and seed). F1 and camera errors are pooled over "
+                       "the resampled clips' frames for both models with the same bootstrap draw; PSNR, SSIM and "
+                       "brightness are per-clip differences. 95%% intervals over clips.")
+    c.add_argument("--base", required=True, metavar="EVAL_DIR", help="the base model's `rlir evaluate` folder")
+    c.add_argument("--treatment", required=True, metavar="EVAL_DIR", help="e.g. the post-trained model's")
+    c.add_argument("--n-boot", type=int, default=1000)
+    c.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    c.add_argument("--out", help="write the comparison as JSON here")
+    c.set_defaults(func=cmd_compare)
+
     r = sub.add_parser("report", parents=[common], help="one self-contained HTML page (and PNGs) from evaluate outputs and training logs",
                        description="Build OUT/report.html (self-contained: PNG figures and GIF videos embedded) and "
                        "the PNG/GIF files from RUN_DIRS. A RUN_DIR is a folder holding an `rlir evaluate` output "
@@ -425,6 +453,8 @@ def outputs_of(a) -> tuple[list, list, list[str]]:
         return outs, ins, locks
     if f is cmd_report:
         return [Output(out)], [], [out]
+    if f is cmd_compare:
+        return ([Output(out, "--out", "file")] if out else []), [Input(a.base, "--base", False), Input(a.treatment, "--treatment", False)], []
     if f is cmd_demo:
         from rlir.demo import DemoConfig
         run = a.run or DemoConfig.run

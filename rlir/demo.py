@@ -143,8 +143,9 @@ def run_demo(cfg: DemoConfig, collect_config: str | None = None, progress: bool 
                        seed=cfg.seed, label=label, role=role, progress=progress))
             rows.append(out)
     build_report([str(r) for r in rows + logs], str(run / "report"), progress=progress)
-    table = json.loads((run / "report" / "report.json").read_text()).get("rows", [])
+    report = json.loads((run / "report" / "report.json").read_text())
     summary = {"report": str(run / "report" / "report.html"), "minutes": (time.time() - t0) / 60,
-               "paradigm": cfg.paradigm, "rows": table}
+               "paradigm": cfg.paradigm, "rows": report.get("rows", []),
+               "paired": report.get("paired", [])}      # each + RLIR row minus its base, clip by clip
     atomic_write_json(run / "demo_summary.json", summary)
     return summary

@@ -20,6 +20,9 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path, capsys):
     assert "IDM F1" in real_line and "PSNR" not in real_line      # no capped PSNR of real against itself
     summary = json.loads((run / "demo_summary.json").read_text())
     assert [r["role"] for r in summary["rows"]] == ["real", "base", "posttrained"]
+    (c,) = summary["paired"]                                        # + RLIR minus base, clip by clip
+    assert c["n_clips"] == 2 and "minus_base" in c["judge_idm"]["f1_macro_shown"]
+    assert "ar + RLIR minus ar base, paired over 2 clips" in out
     html = (run / "report" / "report.html").read_text()
     assert "<table" in html and "data:image/gif;base64," in html
     assert main(["-q", "demo", "--smoke", "--run", str(run), *FAST]) == 0     # second run: all cached

@@ -31,6 +31,9 @@ Metrics (one value per clip, then the mean with a 95% percentile bootstrap inter
   clips. VBench uses RAFT flow, so the numbers are comparable between rlir runs, not with VBench's;
 - brightness: the mean pixel value (0..255) per frame, for generated and real clips, and the
   paired difference generated - real over frames 1..T-1 (a world model that darkens shows here).
+
+Next to metrics.json, per_clip.npz keeps each IDM's predictions and the per-clip PSNR, SSIM and
+brightness, so two evaluations of the same clips can be compared clip by clip (rlir/eval/paired.py).
 """
 from __future__ import annotations
 
@@ -48,7 +51,8 @@ from rlir.data.sampler import fixed_clips
 from rlir.data.store import EpisodeStore
 from rlir.errors import ConfigError, DataError, RlirError
 from rlir.eval.generate import bootstrap_ci
-from rlir.utils.io import atomic_write_json
+from rlir.eval.paired import PER_CLIP_FILE
+from rlir.utils.io import atomic_write, atomic_write_json
 
 log = logging.getLogger("rlir.evaluate")
 
@@ -400,8 +404,14 @@ def evaluate(data: str, out: str, idm: str, judge: str | None = None, generated:
     reward_all = np.concatenate(rewards["reward_idm"]["all"])
     res["clips"] = [{"id": p.gen_id, "gen_start": p.gen_start, "episode": p.episode, "start": p.start,
                      "reward_all": float(reward_all[k]), "psnr": float(psnr_all[k])} for k, p in enumerate(pairs)]
+    res["per_clip"] = PER_CLIP_FILE
     res["elapsed_s"] = time.time() - t0
     out.mkdir(parents=True, exist_ok=True)
+    # what a paired comparison of two evaluations of the same clips needs (rlir/eval/paired.py)
+    per_clip = {"actions": actions[:, : frames - 1].astype(np.int16), "psnr": psnr_all,
+                "ssim": np.concatenate(ssim), "brightness": bg[:, 1:].mean(1)}
+    per_clip.update({f"pred_{s.role}": np.concatenate(preds[s.role]).astype(np.int16) for s in scorers})
+    atomic_write(out / PER_CLIP_FILE, lambda f: np.savez(f, **per_clip))
     atomic_write_json(out / "metrics.json", _finite(res))
     return res
 

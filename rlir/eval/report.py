@@ -213,6 +213,70 @@ def table_html(rows: list[Row]) -> tuple[str, list[dict]]:
     return t, data
 
 
+# --- post-trained minus base, clip by clip ---------------------------------------------------------
+PAIRED_COLUMNS = (   # (header, key in the comparison, metric, format, better: +1 higher / -1 lower / 0 neither)
+    ("Judge F1 shown", "judge_idm", "f1_macro_shown", "{:+.3f}", 1),
+    ("IDM F1 shown", "reward_idm", "f1_macro_shown", "{:+.3f}", 1),
+    ("IDM F1 (7)", "reward_idm", "f1_macro", "{:+.3f}", 1),
+    ("Yaw err", "reward_idm", "camera_yaw_bin_error", "{:+.2f}", -1),
+    ("PSNR", "psnr", None, "{:+.2f}", 1),
+    ("SSIM", "ssim", None, "{:+.3f}", 1),
+    ("Brightness", "brightness", None, "{:+.1f}", 0),
+)
+
+
+def _paradigm(r: Row):
+    return (r.m.get("generated_meta") or {}).get("paradigm")
+
+
+def paired_section(rows: list[Row]) -> tuple[str, list[dict]]:
+    """Every post-trained row against the base row of its paradigm scored on the same clips
+    (rlir/eval/paired.py): the difference per clip, with a bootstrap interval over clips."""
+    from rlir.eval.paired import compare_evaluations
+    bases = [r for r in rows if r.role == "base"]
+    out, notes = [], []
+    for t in (r for r in rows if r.role == "posttrained"):
+        same = [b for b in bases if _paradigm(b) == _paradigm(t)] or bases
+        for b in same:
+            try:
+                c = compare_evaluations(b.path, t.path)
+            except RlirError as e:
+                notes.append(f"{t.label} vs {b.label}: {e}")
+                continue
+            c["base"]["label"], c["treatment"]["label"] = b.label, t.label
+            out.append(c)
+    if not out and not notes:
+        return "", []
+    head = "".join(f"<th>{html.escape(h)}</th>" for h, *_ in PAIRED_COLUMNS)
+    body = []
+    for c in out:
+        cells = []
+        for _, key, metric, fmt, better in PAIRED_COLUMNS:
+            d = c.get(key)
+            d = (d or {}).get(metric) if metric else d
+            mb = (d or {}).get("minus_base")
+            if not mb:
+                cells.append("<td>—</td>")
+                continue
+            lo, hi = mb["ci95"]
+            sign = 1 if lo > 0 else (-1 if hi < 0 else 0)        # the interval excludes zero
+            mark = {1: " class='better'", -1: " class='worse'"}.get(sign * better, " class='moved'" if sign else "")
+            extra = f", {mb['clips_higher']} up / {mb['clips_lower']} down" if "clips_higher" in mb else ""
+            cells.append(f"<td{mark}>{_fmt(mb['mean'], fmt)}<br><span class='ci'>[{_fmt(lo, fmt)}, "
+                         f"{_fmt(hi, fmt)}]{extra}</span></td>")
+        body.append(f"<tr><th scope='row'>{html.escape(c['treatment']['label'])} − {html.escape(c['base']['label'])}"
+                    f"<br><span class='ci'>{c['n_clips']} clips</span></th>{''.join(cells)}</tr>")
+    table = (f"<table id='paired'><thead><tr><th>difference</th>{head}</tr></thead><tbody>{''.join(body)}</tbody>"
+             "</table>") if out else ""
+    note = ("<p class='note'>The same clips, frame 0, actions and seeds for both models: each number is the "
+            "post-trained model's value minus the base's, with a 95% bootstrap interval over clips that resamples "
+            "the same clips for both (F1 pooled over the resampled clips' frames, as in the table above). A cell "
+            "whose interval excludes zero is a change the clips' spread does not explain: green where it is "
+            "better, red where it is worse, yellow where neither (brightness: compare with the real clips).</p>")
+    skipped = "".join(f"<p class='note'>Not compared: {html.escape(n)}</p>" for n in notes)
+    return "<h2>Post-trained minus base, clip by clip</h2>" + table + (note if out else "") + skipped, out
+
+
 # --- figures -------------------------------------------------------------------------------------
 def _figure(w=7.0, h=3.2):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -450,7 +514,8 @@ thead th{background:#f1f1f6;text-align:center}tbody th{text-align:left;backgroun
 tr.real td,tr.real th{background:#eef6ee}.ci{color:#777;font-size:10.5px;font-weight:normal}
 .fig img{max-width:100%;border:1px solid #eee}.vid{display:inline-block;margin:6px 12px 12px 0;vertical-align:top}
 .vid img{image-rendering:pixelated;border:1px solid #ccc}.note{color:#555;font-size:12.5px;max-width:1100px}
-code{background:#f4f4f7;padding:0 3px}
+code{background:#f4f4f7;padding:0 3px}td.better{background:#e3f4e3}td.worse{background:#f8e1e1}
+td.moved{background:#fbf3d9}
 """
 
 
@@ -478,6 +543,8 @@ def build_report(run_dirs, out, labels=None, roles=None, n_videos: int = 4, prog
         warn = (f"<p class='note'><b>Rows were scored by different reward IDMs</b> ({', '.join(map(str, ckpts))}): "
                 f"their action metrics are not comparable.</p>") if len(ckpts) > 1 else ""
         parts.append("<h2>Action following and visual quality</h2>" + t + warn + _notes(rows))
+        paired_html, summary["paired"] = paired_section(rows)
+        parts.append(paired_html)
     else:
         parts.append("<p class='note'>No evaluation (metrics.json) in the run folders: no table.</p>")
     if human_eval:
