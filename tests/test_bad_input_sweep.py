@@ -13,7 +13,7 @@ def test_bad_inputs_are_refused_cleanly(tmp_path):
     print(sweep.format_table(res))
     verbs = {r["input"].split()[0] for r in res["rows"]}
     assert {"collect", "data", "idm", "tokenizer", "autoencoder", "wm", "generate", "evaluate", "posttrain",
-            "report", "demo", "play", "human-eval"} <= verbs
+            "compare", "report", "demo", "play", "human-eval"} <= verbs
     bad = [r for r in res["rows"] if r["exit_code"] == 0 or r["traceback"] or r["changed"] or r["left_behind"]]
     assert not bad, bad
     assert res["totals"]["inputs"] >= 80
