@@ -166,6 +166,25 @@ def test_diffusion_policy_ratio_is_one_at_rollout_parameters_for_every_selected_
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
+def test_diffusion_bf16_rollouts_keep_float32_latents_and_the_ratio_at_one():
+    """rollout_precision bf16 (DiT): the transformer under bf16 autocast, the SDE step in float32; the first
+    pass's "old" log-probs are the float32 scorer's, so the ratio is exactly 1, and the sampler's own
+    log-probs differ from them by bf16 rounding of the velocity only (stated tolerance: 0.5 per
+    dimension-averaged log-prob, against the float32 sampler's 1e-4)."""
+    model, codec = _dit_parts()
+    kw = dict(sde_steps=6, noise_level=0.75, timestep_fraction=1.0)
+    frame0, actions = _prompt(3)
+    fp32 = DiffusionPolicy(model, DIT, codec, T, **kw).rollout(frame0, actions, torch.Generator().manual_seed(0))
+    pol = DiffusionPolicy(model, DIT, codec, T, rollout_precision="bf16", **kw)
+    ro = pol.rollout(frame0, actions, torch.Generator().manual_seed(0))
+    assert ro.data["latents"].dtype == ro.data["steps"].dtype == ro.data["logps"].dtype == torch.float32
+    gap = (ro.data["latents"] - fp32.data["latents"]).abs().max()
+    assert 0 < gap < 0.5                                             # the same draws, bf16-rounded velocities
+    m = pol.accumulate(ro, torch.tensor([1.0, 0.0, -1.0]), 1.0)
+    assert m["ratio_mean"] == pytest.approx(1.0) and 1e-4 < m["logp_mismatch"] < 0.5
+    assert next(model.parameters()).dtype == torch.float32
+
+
 # --- the trainer end to end ----------------------------------------------------------------------
 def _store(root, n_train=3, n_val=1):
     s = EpisodeStore.create(root, metadata={"resolution": list(HW)})
