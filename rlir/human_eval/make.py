@@ -92,7 +92,7 @@ def make_pairs(data: str, models: list[tuple[str, str]], out: str, clips: int = 
     from rlir.data.sampler import fixed_clips, load_clips
     from rlir.data.store import MANIFEST, EpisodeStore
     from rlir.eval.generate import checkpoint_digest, load_world_model
-    from rlir.eval.report import clip_gif
+    from rlir.eval.media import clip_gif
     from rlir.utils.io import atomic_write_bytes, atomic_write_json
     from rlir.utils.output_guard import OutputLock
 

@@ -33,7 +33,7 @@ def data_url(frame: np.ndarray) -> str:
 
 
 def strip_url(action: np.ndarray) -> str:
-    from rlir.eval.report import action_strip      # the report's drawing of an action
+    from rlir.eval.media import action_strip      # the report's drawing of an action
     return data_url(np.asarray(action_strip(action, STRIP_W)))
 
 

@@ -190,7 +190,7 @@ class PlaySession:
 
     def gif(self) -> bytes:
         """The frames so far (the last HISTORY) as the report draws a clip: each frame over the action taken at it."""
-        from rlir.eval.report import clip_gif
+        from rlir.eval.media import clip_gif
         actions = np.stack([*self.history_actions, null_action()])
         return clip_gif([("rlir play", np.stack(self.history))], actions)
 

@@ -456,7 +456,7 @@ class Posttrainer:
         G = self.cfg.num_generations
         rows = [ro.video[i].numpy() for i in range(min(G, 3))]
         (self.out / "media").mkdir(exist_ok=True)
-        from rlir.eval.report import clip_gif          # the report's side-by-side GIF, actions drawn under frames
+        from rlir.eval.media import clip_gif          # the report's side-by-side GIF, actions drawn under frames
         from rlir.utils.io import atomic_write_bytes
         gif = clip_gif([("real", real[0].numpy())] + [(f"rollout {i + 1}", r) for i, r in enumerate(rows)],
                        ro.actions[0].numpy())
