@@ -191,8 +191,6 @@ def cmd_compare(a) -> int:
     from rlir.utils.io import atomic_write_json
     c = compare_evaluations(a.base, a.treatment, n_boot=a.n_boot, seed=a.seed)
     print(format_comparison(c))
-    for role, why in c["skipped"].items():
-        print(f"  {role}: not compared, {why}")
     if a.out:
         atomic_write_json(a.out, c)
         print(f"wrote {a.out}")

@@ -101,6 +101,43 @@ def test_compare_cli_and_its_errors(evals, tmp_path, capsys):
     assert "no evaluation here" in capsys.readouterr().err
 
 
+def _copy_eval(src, dst):
+    import shutil
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("generated"))
+    return dst
+
+
+def test_mismatched_or_damaged_evaluations_are_one_line_errors(evals, tmp_path):
+    stale = _copy_eval(evals["base"], tmp_path / "stale")               # an npz of other clips next to it
+    (stale / PER_CLIP_FILE).write_bytes((evals["few"] / PER_CLIP_FILE).read_bytes())
+    with pytest.raises(RlirError, match="does not belong to"):
+        compare_evaluations(stale, evals["dark"])
+    bad = _copy_eval(evals["base"], tmp_path / "bad")
+    blob = (bad / PER_CLIP_FILE).read_bytes()
+    (bad / PER_CLIP_FILE).write_bytes(blob[: len(blob) // 2])          # truncated
+    with pytest.raises(RlirError, match="damaged"):
+        compare_evaluations(bad, evals["dark"])
+    (bad / PER_CLIP_FILE).write_bytes(b"")
+    with pytest.raises(RlirError, match="damaged"):
+        compare_evaluations(bad, evals["dark"])
+    (bad / "metrics.json").write_text("[1, 2]")
+    with pytest.raises(RlirError, match="not an `rlir evaluate` output"):
+        compare_evaluations(bad, evals["dark"])
+    (bad / "metrics.json").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(RlirError, match="not valid JSON"):
+        compare_evaluations(bad, evals["dark"])
+    other = _copy_eval(evals["base"], tmp_path / "other_idm")          # the judge: other weights, same path
+    m = json.loads((other / "metrics.json").read_text())
+    m["judge_idm"]["checkpoint_sha256"] = "0" * 64
+    (other / "metrics.json").write_text(json.dumps(m))
+    c = compare_evaluations(other, evals["dark"], n_boot=20)
+    assert "judge_idm" not in c and "different checkpoints" in c["skipped"]["judge_idm"] and "reward_idm" in c
+    m["frames"] = T + 1                                                  # metrics.json edited: npz no longer fits
+    (other / "metrics.json").write_text(json.dumps(m))
+    with pytest.raises(RlirError, match="do not match its 12 clips of 9 frames"):
+        compare_evaluations(other, evals["dark"])
+
+
 def test_report_shows_each_posttrained_row_minus_its_base(evals, tmp_path):
     res = build_report([str(evals["base"]), str(evals["dark"]), str(evals["few"])], tmp_path / "rep", n_videos=0,
                        roles=[f"{evals['dark']}=posttrained", f"{evals['few']}=posttrained"], progress=False)
@@ -110,3 +147,11 @@ def test_report_shows_each_posttrained_row_minus_its_base(evals, tmp_path):
     assert "Post-trained minus base, clip by clip" in html and "id='paired'" in html
     assert "class='worse'" in html                                           # PSNR fell on every clip
     assert "Not compared" in html and "different clips" in html
+    dit = _copy_eval(evals["dark"], tmp_path / "dit_rlir")                # another paradigm: never its base
+    m = json.loads((dit / "metrics.json").read_text())
+    m["generated_meta"]["paradigm"] = "diffusion"
+    (dit / "metrics.json").write_text(json.dumps(m))
+    build_report([str(evals["base"]), str(dit)], tmp_path / "rep2", n_videos=0, roles=[f"{dit}=posttrained"],
+                 progress=False)
+    assert json.loads((tmp_path / "rep2" / "report.json").read_text())["paired"] == []
+    assert "no base row of its paradigm (diffusion)" in (tmp_path / "rep2" / "report.html").read_text()

@@ -50,8 +50,8 @@ from rlir.actions import GROUPS
 from rlir.data.sampler import fixed_clips
 from rlir.data.store import EpisodeStore
 from rlir.errors import ConfigError, DataError, RlirError
-from rlir.eval.generate import bootstrap_ci
-from rlir.eval.paired import PER_CLIP_FILE
+from rlir.eval.generate import bootstrap_ci, checkpoint_digest
+from rlir.eval.paired import PER_CLIP_FILE, clip_ids
 from rlir.utils.io import atomic_write, atomic_write_json
 
 log = logging.getLogger("rlir.evaluate")
@@ -360,7 +360,7 @@ def evaluate(data: str, out: str, idm: str, judge: str | None = None, generated:
         res["generate_summary"] = gen_summary
     for s in scorers:
         m = score_predictions(np.concatenate(preds[s.role]), actions, real.metadata, n_boot=n_boot, seed=seed)
-        m.update({"checkpoint": s.path, "arch": s.config.get("arch")})
+        m.update({"checkpoint": s.path, "checkpoint_sha256": checkpoint_digest(s.path), "arch": s.config.get("arch")})
         res[s.role] = m
     res.setdefault("judge_idm", None)
     res["inverse_reward"] = {s.role: {m: stat(np.concatenate(rewards[s.role][m]), n_boot, seed)
@@ -411,6 +411,7 @@ def evaluate(data: str, out: str, idm: str, judge: str | None = None, generated:
     per_clip = {"actions": actions[:, : frames - 1].astype(np.int16), "psnr": psnr_all,
                 "ssim": np.concatenate(ssim), "brightness": bg[:, 1:].mean(1)}
     per_clip.update({f"pred_{s.role}": np.concatenate(preds[s.role]).astype(np.int16) for s in scorers})
+    per_clip["clip_ids"] = clip_ids(res)         # ties the arrays to this metrics.json's clips
     atomic_write(out / PER_CLIP_FILE, lambda f: np.savez(f, **per_clip))
     atomic_write_json(out / "metrics.json", _finite(res))
     return res

@@ -16,6 +16,7 @@ row against the base row scored on the same clips, and bench/rlir_gain.py uses t
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -89,15 +90,24 @@ def _metrics_file(d: str | Path) -> Path:
     return d if d.is_file() else d / "metrics.json"
 
 
+def clip_ids(m: dict) -> np.ndarray:
+    """The evaluated clips as strings "episode@start", in evaluation order (what per_clip.npz rows are)."""
+    return np.array([f"{c.get('episode')}@{c.get('start')}" for c in m.get("clips", [])], dtype=str)
+
+
 def load_evaluation(d: str | Path) -> tuple[dict, dict]:
-    """An `rlir evaluate` output (folder or its metrics.json) -> (metrics, per-clip arrays)."""
+    """An `rlir evaluate` output (folder or its metrics.json) -> (metrics, per-clip arrays), checked to
+    belong together; anything else is a one-line RlirError."""
     f = _metrics_file(d)
     try:
         m = json.loads(f.read_text())
     except FileNotFoundError:
         raise RlirError(f"{f}: no evaluation here (run `rlir evaluate` first)") from None
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise RlirError(f"{f}: not valid JSON") from None
+    if (not isinstance(m, dict) or not isinstance(m.get("reward_idm"), dict) or not isinstance(m.get("clips"), list)
+            or not all(isinstance(c, dict) for c in m["clips"])):
+        raise RlirError(f"{f}: not an `rlir evaluate` output (no reward_idm metrics or clip list)")
     p = f.parent / PER_CLIP_FILE
     if not p.is_file():
         raise RlirError(f"{p}: missing; it is written by `rlir evaluate` since per-clip comparison was added: "
@@ -105,52 +115,70 @@ def load_evaluation(d: str | Path) -> tuple[dict, dict]:
     try:
         with np.load(p, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise RlirError(f"{p}: damaged ({e})") from None
+    n, frames = len(m["clips"]), m.get("frames")
+    shape = (n, (frames or 0) - 1, len(GROUPS))
+    bad = [k for k in ("actions", *(k for k in arrays if k.startswith("pred_"))) if getattr(arrays.get(k), "shape", None) != shape]
+    bad += [k for k in SCALARS if k in arrays and arrays[k].shape != (n,)]
+    if "clip_ids" in arrays and not np.array_equal(arrays["clip_ids"], clip_ids(m)):
+        bad.append("clip_ids")
+    if bad:
+        raise RlirError(f"{p}: does not belong to {f} ({', '.join(bad)} do not match its {n} clips of {frames} "
+                        f"frames): evaluate {f.parent} again")
     return m, arrays
 
 
-def _clip_keys(m: dict) -> list[tuple]:
-    return [(c.get("episode"), c.get("start")) for c in m.get("clips", [])]
+def _idm_identity(m: dict, role: str):
+    """What identifies the IDM an evaluation was scored by: its weights' digest (older files: the path)."""
+    s = m.get(role) or {}
+    return s.get("checkpoint_sha256") or s.get("checkpoint")
 
 
 def compare_evaluations(base_dir: str | Path, treat_dir: str | Path, n_boot: int = 1000, seed: int = 0) -> dict:
     """The paired difference treatment - base of two evaluations of the same clips.
 
-    Refuses (RlirError) when they are not comparable: other clips, other actions, or an IDM scored by
-    a different checkpoint in one of them (its action metrics are then left out, with the reason)."""
+    Refuses (RlirError) when they are not comparable: other clips, frames, split or actions, or other
+    groups left out. An IDM scored by a different checkpoint in one of them (or in one only) is left
+    out of the result, with the reason in `skipped`."""
     bm, ba = load_evaluation(base_dir)
     tm, ta = load_evaluation(treat_dir)
-    if _clip_keys(bm) != _clip_keys(tm) or not _clip_keys(bm):
+    for key in ("frames", "split"):
+        if bm.get(key) != tm.get(key):
+            raise RlirError(f"{treat_dir} and {base_dir} were evaluated with different {key} "
+                            f"({tm.get(key)} vs {bm.get(key)}): a paired comparison needs the same clips")
+    if not np.array_equal(clip_ids(bm), clip_ids(tm)) or not len(bm["clips"]):
         raise RlirError(f"{treat_dir} and {base_dir} were evaluated on different clips: a paired comparison needs "
                         f"the same data, split, --max-clips and seed")
     if not np.array_equal(ba["actions"], ta["actions"]):
-        raise RlirError(f"{treat_dir} and {base_dir}: the same clips carry different actions")
+        raise RlirError(f"{treat_dir} and {base_dir}: the same clips carry different actions (different datasets?)")
+    null_b, null_t = (set(m["reward_idm"].get("excluded_groups") or []) for m in (bm, tm))
+    if null_b != null_t:
+        raise RlirError(f"{treat_dir} and {base_dir} leave out different groups ({sorted(null_t)} vs {sorted(null_b)})")
     true = ta["actions"].astype(np.int64)
-    null = set(tm.get("reward_idm", {}).get("excluded_groups") or [])
-    shown = tuple(g for g in DISCRETE if GROUPS[g] not in null)
+    shown = tuple(g for g in DISCRETE if GROUPS[g] not in null_t)
     boots = boot_indices(len(true), n_boot, seed)
     res = {"base": {"label": bm.get("label"), "path": str(base_dir)},
            "treatment": {"label": tm.get("label"), "path": str(treat_dir)},
-           "n_clips": len(true), "seed": seed, "n_boot": n_boot, "excluded_groups": sorted(null), "skipped": {}}
+           "n_clips": len(true), "seed": seed, "n_boot": n_boot, "excluded_groups": sorted(null_t), "skipped": {}}
     for role in ("reward_idm", "judge_idm"):
         key = f"pred_{role}"
-        if key not in ta or key not in ba:
+        if (key in ta) != (key in ba):
+            res["skipped"][role] = f"scored only in the {'treatment' if key in ta else 'base'}'s evaluation"
             continue
-        cb, ct = (_get_ckpt(bm, role), _get_ckpt(tm, role))
+        if key not in ta:
+            continue
+        cb, ct = _idm_identity(bm, role), _idm_identity(tm, role)
         if cb != ct:
-            res["skipped"][role] = f"scored by different checkpoints ({cb} vs {ct})"
+            res["skipped"][role] = (f"scored by different checkpoints ({(bm.get(role) or {}).get('checkpoint')} vs "
+                                    f"{(tm.get(role) or {}).get('checkpoint')})")
             continue
         t = action_table(ta[key].astype(np.int64), true, shown, boots, ba[key].astype(np.int64))
-        res[role] = {"checkpoint": ct, **t}
+        res[role] = {"checkpoint": (tm.get(role) or {}).get("checkpoint"), **t}
     for k in SCALARS:
         if k in ta and k in ba:
             res[k] = scalar(ta[k], ba[k], seed, n_boot)
     return res
-
-
-def _get_ckpt(m: dict, role: str):
-    return (m.get(role) or {}).get("checkpoint")
 
 
 def format_comparison(c: dict) -> str:
@@ -168,4 +196,5 @@ def format_comparison(c: dict) -> str:
         if k in c:
             mb = c[k]["minus_base"]
             lines.append(f"  {k} {d(c[k], fmt)} ({mb['clips_higher']} clips up, {mb['clips_lower']} down)")
+    lines += [f"  {role}: not compared, {why}" for role, why in c.get("skipped", {}).items()]
     return "\n".join(lines)

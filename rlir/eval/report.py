@@ -229,7 +229,9 @@ def paired_section(rows: list[Row]) -> tuple[str, list[dict]]:
     bases = [r for r in rows if r.role == "base"]
     out, notes = [], []
     for t in (r for r in rows if r.role == "posttrained"):
-        same = [b for b in bases if _paradigm(b) == _paradigm(t)] or bases
+        same = [b for b in bases if _paradigm(b) == _paradigm(t)]       # never one paradigm against another
+        if not same:
+            notes.append(f"{t.label}: no base row of its paradigm ({_paradigm(t) or 'unknown'}) to compare with")
         for b in same:
             try:
                 c = compare_evaluations(b.path, t.path)
@@ -238,6 +240,7 @@ def paired_section(rows: list[Row]) -> tuple[str, list[dict]]:
                 continue
             c["base"]["label"], c["treatment"]["label"] = b.label, t.label
             out.append(c)
+            notes += [f"{t.label} vs {b.label}, {role}: {why}" for role, why in c["skipped"].items()]
     if not out and not notes:
         return "", []
     head = "".join(f"<th>{html.escape(h)}</th>" for h, *_ in PAIRED_COLUMNS)
