@@ -238,6 +238,18 @@ def test_10_written_files_follow_the_umask(tmp_path):
     assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o640
 
 
+def test_10b_checkpoints_follow_the_umask(tmp_path):
+    """safetensors' save_file creates its file 0600; a checkpoint is shared like any other file."""
+    from rlir.utils.checkpoint import save_checkpoint
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "ck", {"kind": "idm"}, {"model": {"w": torch.zeros(2)}})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "ck" / "model.safetensors").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "ck" / "config.json").stat().st_mode & 0o777 == 0o644
+
+
 # also seen ---------------------------------------------------------------------------------------
 def test_quiet_after_the_verb_and_version(world, capsys):
     w = world

@@ -33,7 +33,7 @@ from rlir.training.loop import (LoopConfig, RunLog, load_train_state, optimizer_
                                  warmup_cosine)
 from rlir.training.tokenizer_trainer import load_tokenizer
 from rlir.utils.checkpoint import load_state, read_config
-from rlir.utils.io import atomic_write_json
+from rlir.utils.io import atomic_write_json, follow_umask
 
 log = logging.getLogger("rlir.wm")
 
@@ -84,6 +84,7 @@ def encode_store(tok: VQTokenizer, store: EpisodeStore, cache: Path, splits=("tr
         codes[i] = torch.cat([tok.encode(frames[s:s + 256]) for s in range(0, len(frames), 256)]).to(dtype)
     tmp = cache.with_suffix(".tmp")
     save_file(codes, str(tmp))
+    follow_umask(tmp)
     tmp.replace(cache)
     return codes
 

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rlir.errors import RlirError
+from rlir.utils.io import follow_umask
 
 
 def save_checkpoint(path: str | Path, config: dict, tensors: dict[str, dict[str, torch.Tensor]]) -> None:
@@ -27,6 +28,7 @@ def save_checkpoint(path: str | Path, config: dict, tensors: dict[str, dict[str,
     tmp.mkdir(parents=True)
     for stem, d in tensors.items():
         save_file({k: v.detach().contiguous().cpu() for k, v in d.items()}, str(tmp / f"{stem}.safetensors"))
+        follow_umask(tmp / f"{stem}.safetensors")
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     old = path.with_name(path.name + ".old")
     if path.exists():

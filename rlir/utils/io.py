@@ -18,6 +18,12 @@ def _umask() -> int:
     return mask
 
 
+def follow_umask(path: str | Path) -> None:
+    """Give a file written by a library that creates it 0600 (safetensors' save_file does) the mode any
+    other file gets: a checkpoint or cache is shared like the rest of the run."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> None:
     """Call write(f) on a temporary file, then rename it to path, so readers see all or nothing."""
     path = Path(path)
