@@ -143,8 +143,13 @@ def main() -> None:
             k = tr.policy.n_train_steps
             train_tokens = n_roll * k * (2 * F - 1) * N * cfg.num_iterations           # [clean | noisy] per step
             flops = 2 * n_body * gen_tokens + 6 * n_body * train_tokens
-        dtype = torch.bfloat16 if a.precision == "bf16" else torch.float32
-        peak = matmul_rate(tr.cfg.device, dtype, 8192 if a.device.startswith("cuda") else 1024) * world
+        # the MFU denominator is the matmul rate of the dtype the step computes in (bf16 when the
+        # training or the rollouts run under bf16); both rates are recorded
+        n_mm = 8192 if a.device.startswith("cuda") else 2048
+        rates = {name: matmul_rate(tr.cfg.device, dt, n_mm) * world
+                 for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+        step_dtype = "bf16" if "bf16" in (cfg.precision, getattr(cfg, "rollout_precision", "fp32")) else "fp32"
+        peak = rates[step_dtype]
         res = {
             "command": " ".join(sys.argv), "seed": a.seed, "world_size": world, "device": a.device,
             "device_name": torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu",
@@ -155,7 +160,8 @@ def main() -> None:
             "rollout_frames_per_s": n_roll * (F - 1) / gen_s,
             "training_tokens_per_s": train_tokens / max(train_s, 1e-9),
             "model_flops_per_s": flops / step_s, "measured_matmul_flops_per_s": peak,
-            "mfu": flops / step_s / peak, "steps_timed": a.steps, "settings": list(a.set) + list(extra),
+            "matmul_flops_per_s": rates, "mfu_dtype": step_dtype, "matmul_size": n_mm,
+            "mfu": flops / step_s / peak, "mfu_vs_bf16_rate": flops / step_s / rates["bf16"], "steps_timed": a.steps, "settings": list(a.set) + list(extra),
             "trained_sde_steps": tr.policy.n_train_steps if a.paradigm == "diffusion" else None,
         }
         return res

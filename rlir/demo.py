@@ -34,6 +34,8 @@ class DemoConfig:
     posttrain_minutes: float = 5.0
     posttrain_steps: int = 20
     eval_clips: int = 48
+    precision: str = "bf16"              # training stages: bf16 autocast (about 1.5x the steps a minute on a
+                                         # CPU with bf16 units, the same on a GPU); fp32 where bf16 is slow
     collect: list[str] = field(default_factory=list)     # collector overrides, e.g. ["frames=150"]
 
     def validate(self) -> None:
@@ -45,6 +47,8 @@ class DemoConfig:
         for name in budgets:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if self.posttrain_steps < 1 or self.seed < 0:
             raise ConfigError("posttrain_steps must be at least 1 and seed not negative")
 
@@ -63,6 +67,12 @@ def _stage(name: str, done: Path, fn) -> None:
 def _steps(minutes: float, per_step_s: float, floor: int = 2) -> int:
     """Steps that fill a time budget, so the cosine schedule ends near where the wall clock does."""
     return max(floor, int(minutes * 60 / per_step_s))
+
+
+# seconds a training step of each stage takes on a 2-core CPU (fresh-clone demos; bf16 from the third
+# base's runs): sizes each cosine schedule to its time budget
+STEP_S = {"fp32": {"idm": 0.40, "judge": 0.19, "codec": 0.92, "wm": 1.87},
+          "bf16": {"idm": 0.31, "judge": 0.16, "codec": 0.79, "wm": 1.23}}
 
 
 def run_demo(cfg: DemoConfig, collect_config: str | None = None, progress: bool = True) -> dict:
@@ -87,14 +97,17 @@ def run_demo(cfg: DemoConfig, collect_config: str | None = None, progress: bool 
         atomic_write_json(run / "data_stats.json", dataset_stats(str(data)))
     _stage("collect", run / "data_stats.json", do_collect)
 
+    step_s = STEP_S[cfg.precision]
+
     def do_idm(name, config, minutes, per_step):
         c = load_config(IDMTrainConfig, config, None, data=str(data), out=str(run / name), max_minutes=minutes,
-                        steps=_steps(minutes, per_step), eval_every=_steps(minutes, per_step) // 3 or 1)
+                        steps=_steps(minutes, per_step), eval_every=_steps(minutes, per_step) // 3 or 1,
+                        precision=cfg.precision)
         train_idm(c, progress=progress)
     _stage("reward IDM", run / "idm" / "train_summary.json",
-           lambda: do_idm("idm", "configs/idm/tiny.yaml", cfg.idm_minutes, 0.45))
+           lambda: do_idm("idm", "configs/idm/tiny.yaml", cfg.idm_minutes, step_s["idm"]))
     _stage("judge IDM", run / "judge" / "train_summary.json",
-           lambda: do_idm("judge", "configs/idm/judge_tiny.yaml", cfg.judge_minutes, 0.3))
+           lambda: do_idm("judge", "configs/idm/judge_tiny.yaml", cfg.judge_minutes, step_s["judge"]))
     idm, judge = run / "idm" / "checkpoints" / "best", run / "judge" / "checkpoints" / "best"
 
     rows = [run / "eval" / "real"]
@@ -109,18 +122,19 @@ def run_demo(cfg: DemoConfig, collect_config: str | None = None, progress: bool 
 
         def do_codec(p=p, codec_kind=codec_kind):
             c = load_config(TokenizerTrainConfig, f"configs/{codec_kind}/tiny.yaml", None, data=str(data),
-                            out=str(p / "codec"), max_minutes=cfg.codec_minutes, steps=_steps(cfg.codec_minutes, 1.2),
-                            eval_every=max(1, _steps(cfg.codec_minutes, 1.2) // 3))
+                            out=str(p / "codec"), max_minutes=cfg.codec_minutes,
+                            steps=_steps(cfg.codec_minutes, step_s["codec"]),
+                            eval_every=max(1, _steps(cfg.codec_minutes, step_s["codec"]) // 3), precision=cfg.precision)
             c.model.quantize = paradigm == "ar"
             train_tokenizer(c, progress=progress)
         _stage(f"{paradigm}: {codec_kind}", p / "codec" / "train_summary.json", do_codec)
 
         def do_wm(p=p, paradigm=paradigm):
-            steps = _steps(cfg.wm_minutes, 1.6)
+            steps = _steps(cfg.wm_minutes, step_s["wm"])
             c = load_config(WMTrainConfig, f"configs/wm/{paradigm}_tiny.yaml", None, data=str(data),
                             out=str(p / "wm"), codec=str(p / "codec" / "checkpoints" / "best"),
                             max_minutes=cfg.wm_minutes, steps=steps, eval_every=max(1, steps // 3),
-                            warmup=min(100, steps // 5))
+                            warmup=min(100, steps // 5), precision=cfg.precision)
             train_world_model(c, progress=progress)
         _stage(f"{paradigm}: world model", p / "wm" / "train_summary.json", do_wm)
         base = p / "wm" / "checkpoints" / "best"

@@ -85,11 +85,15 @@ class VQTokenizer(nn.Module):
         return self.decoder(z), codes, commit.sum()
 
     @torch.no_grad()
-    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+    def encode(self, frames: torch.Tensor, bf16: bool = False) -> torch.Tensor:
         """uint8 [..., H, W, 3] -> codes [..., h*w] (row-major: the order the AR model reads them), or
-        unit-scale latents [..., h*w, dim] without quantisation."""
+        unit-scale latents [..., h*w, dim] without quantisation. `bf16`: the conv encoder under bf16
+        autocast (about 2x on a CPU with bf16 units), the nearest-code search in float32."""
         lead = frames.shape[:-3]
-        z = self.encoder(self.to_float(frames.reshape(-1, *frames.shape[-3:])))
+        x = self.to_float(frames.reshape(-1, *frames.shape[-3:]))
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            z = self.encoder(x)
+        z = z.float()
         if self.vq is None:
             return (z / self.latent_scale).flatten(2).transpose(1, 2).reshape(*lead, -1, self.cfg.dim)
         _, codes, _ = self.vq(z)
