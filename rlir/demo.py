@@ -72,7 +72,7 @@ def _steps(minutes: float, per_step_s: float, floor: int = 2) -> int:
 # seconds a training step of each stage takes on a 2-core CPU (fresh-clone demos; bf16 from the third
 # base's runs): sizes each cosine schedule to its time budget
 STEP_S = {"fp32": {"idm": 0.40, "judge": 0.19, "codec": 0.92, "wm": 1.87},
-          "bf16": {"idm": 0.31, "judge": 0.16, "codec": 0.79, "wm": 1.23}}
+          "bf16": {"idm": 0.29, "judge": 0.15, "codec": 0.52, "wm": 1.23}}
 
 
 def run_demo(cfg: DemoConfig, collect_config: str | None = None, progress: bool = True) -> dict:
