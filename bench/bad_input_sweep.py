@@ -229,6 +229,7 @@ def cases(w: dict) -> list[tuple[str, list[str]]]:
         ("demo --run FILE", ["demo", "--run", f]),
         ("demo --paradigm gan", ["demo", "--run", new, "--paradigm", "gan"]),
         ("demo --set wm_minutes=-1", ["demo", "--run", new, "--set", "wm_minutes=-1"]),
+        ("demo --set precision=fp16", ["demo", "--run", new, "--set", "precision=fp16"]),
         ("demo --run LOCKED", ["demo", "--run", busy]),
         ("play --world-model MISSING", ["play", "--world-model", str(r / "missing")]),
         ("play --world-model IDM", ["play", "--world-model", idm]),

@@ -1,8 +1,11 @@
 """Sampling speed of the diffusion world model: frames per second for a batch of rollouts.
 
 Side by side in one run: the ODE sampler as evaluated (DPM-Solver++, 18 steps), Euler with 18 steps,
-and Flow-GRPO's SDE sampler as used for RL rollouts (10 steps, noise level 0.75), all frame by frame
-with the finished frames' keys/values cached. Frames/s = batch * (frames - 1) / seconds.
+DPM-Solver++ with 10 steps, and Flow-GRPO's SDE sampler as used for RL rollouts (10 steps, noise level
+0.75), all frame by frame with the finished frames' keys/values cached; each in float32 (the old path)
+and under bf16 autocast (the SDE step itself stays float32), from the same noise. Frames/s = batch *
+(frames - 1) / seconds; `speedup_vs_fp32` is each bf16 path against its own float32 run;
+`max_rel_diff_vs_fp32` the largest |bf16 - fp32| of the final latents over their std.
 
     python bench/diffusion_sampler_bench.py [--world-model CKPT] [--batch 8] [--device cpu|cuda] [--out JSON]
 """
@@ -33,7 +36,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--bf16", action="store_true", help="autocast the model to bfloat16 (GPU); SDE steps stay float32")
+    p.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32 and/or bf16 (autocast)")
     p.add_argument("--out", default="bench/results/diffusion_sampler.json")
     a = p.parse_args()
     torch.manual_seed(a.seed)
@@ -49,26 +52,43 @@ def main() -> None:
     actions = torch.stack([torch.randint(0, 2, (B, F - 1), generator=g, device=a.device) for _ in range(9)], -1)
     runs = {"ode_dpm++_18": dict(mode="ode", solver="dpm++", steps=18),
             "ode_euler_18": dict(mode="ode", solver="euler", steps=18),
+            "ode_dpm++_10": dict(mode="ode", solver="dpm++", steps=10),
             "sde_10_eta0.75": dict(mode="sde", steps=10, eta=0.75)}
+    precisions = [x for x in a.precisions.split(",") if x]
+    if not precisions or set(precisions) - {"fp32", "bf16"}:
+        raise SystemExit(f"--precisions takes fp32 and/or bf16, got {a.precisions!r}")
     sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
-    results = {}
-    with torch.autocast(a.device.split(":")[0], dtype=torch.bfloat16, enabled=a.bf16):
-        rollout(model, z0, actions, 2, steps=2, mode="ode", solver="euler")          # warm-up
-        for name, kw in runs.items():
-            ts = []
-            for r in range(a.repeats):
-                sync()
-                t0 = time.perf_counter()
-                rollout(model, z0, actions, F, generator=torch.Generator(device=a.device).manual_seed(r), **kw)
-                sync()
-                ts.append(time.perf_counter() - t0)
-            results[name] = {"seconds": min(ts), "frames_per_s": B * (F - 1) / min(ts), "all_seconds": ts}
-            print(f"{name:16s} {results[name]['frames_per_s']:8.1f} frames/s ({min(ts):.2f} s, {B} rollouts x {F - 1} frames)")
+    results, finals = {}, {}
+    for prec in precisions:
+        with torch.no_grad(), torch.autocast(a.device.split(":")[0], dtype=torch.bfloat16, enabled=prec == "bf16"):
+            rollout(model, z0, actions, 2, steps=2, mode="ode", solver="euler")          # warm-up
+            for name, kw in runs.items():
+                ts = []
+                for r in range(a.repeats):
+                    sync()
+                    t0 = time.perf_counter()
+                    out = rollout(model, z0, actions, F, generator=torch.Generator(device=a.device).manual_seed(r), **kw)
+                    sync()
+                    ts.append(time.perf_counter() - t0)
+                    if r == 0:
+                        finals[name, prec] = (out.latents if hasattr(out, "latents") else out).float()
+                key = f"{name}_{prec}"
+                results[key] = {"seconds": min(ts), "frames_per_s": B * (F - 1) / min(ts), "all_seconds": ts}
+                if prec == "bf16" and (name, "fp32") in finals:
+                    ref = finals[name, "fp32"]
+                    results[key]["speedup_vs_fp32"] = results[f"{name}_fp32"]["seconds"] / min(ts)
+                    results[key]["max_rel_diff_vs_fp32"] = float((finals[name, prec] - ref).abs().max() / ref.std())
+                print(f"{key:22s} {results[key]['frames_per_s']:8.1f} frames/s ({min(ts):.2f} s, {B} rollouts x {F - 1} frames)"
+                      + (f"  x{results[key]['speedup_vs_fp32']:.2f} vs fp32" if "speedup_vs_fp32" in results[key] else ""))
+    if "ode_dpm++_18_fp32" in results:
+        ref = results["ode_dpm++_18_fp32"]["seconds"]
+        for v in results.values():
+            v["speedup_vs_ode_dpm18_fp32"] = ref / v["seconds"]
     device_name = torch.cuda.get_device_name() if a.device.startswith("cuda") else (platform.processor() or platform.machine())
     report = {"bench": "diffusion_sampler", "command": " ".join(sys.argv), "seed": a.seed, "batch": B, "frames": F,
               "tokens_per_frame": cfg.tokens_per_frame, "params": sum(p.numel() for p in model.parameters()),
               "world_model": a.world_model or f"{a.preset} preset, random weights", "device": device_name,
-              "bf16": a.bf16, "torch_threads": torch.get_num_threads(), "results": results}
+              "precisions": precisions, "torch_threads": torch.get_num_threads(), "results": results}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {a.out}")

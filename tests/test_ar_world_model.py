@@ -143,6 +143,31 @@ def test_tokenizer_round_trip_shapes():
     assert torch.isinf(psnr(x, x)).all() and (psnr(x, y) < 40).all()
 
 
+def test_bf16_encoding_keeps_shapes_and_nearly_all_codes():
+    """The WM cache's bf16 encoder (runs that train in bf16) picks the float32 encoder's code almost
+    everywhere; the nearest-code search itself stays float32."""
+    torch.manual_seed(0)
+    tok = VQTokenizer(TokenizerConfig(resolution=(16, 16), channels=(16, 16), dim=8, codebook_size=16)).eval()
+    x = torch.randint(0, 256, (40, 16, 16, 3), dtype=torch.uint8)
+    c32, c16 = tok.encode(x), tok.encode(x, bf16=True)
+    assert c16.shape == c32.shape and c16.dtype == c32.dtype
+    assert (c16 == c32).float().mean() > 0.9
+    ae = VQTokenizer(TokenizerConfig(resolution=(16, 16), channels=(16, 16), dim=8, quantize=False)).eval()
+    z32, z16 = ae.encode(x), ae.encode(x, bf16=True)
+    assert z16.dtype == torch.float32 and torch.allclose(z16, z32, atol=0.05 * z32.abs().max().item())
+
+
+def test_the_world_models_cache_skips_the_test_split(tmp_path):
+    from safetensors.torch import load_file
+    from rlir.training.wm_trainer import encode_store
+    s = _store(tmp_path)
+    tok = VQTokenizer(TokenizerConfig(resolution=(16, 16), channels=(16, 16), dim=8, codebook_size=16)).eval()
+    codes = encode_store(tok, s, tmp_path / "codes.safetensors", progress=False, bf16=True)
+    assert sorted(codes) == sorted(s.ids("train") + s.ids("val")) and "e1" not in codes
+    assert sorted(load_file(str(tmp_path / "codes.safetensors"))) == sorted(codes)
+    assert all(c.dtype == torch.int16 and c.shape == (12, 16) for c in codes.values())
+
+
 def _store(tmp_path, n=6, T=12, hw=(16, 16)):
     s = EpisodeStore.create(tmp_path / "data", metadata={"resolution": list(hw)})
     for k in range(n):
