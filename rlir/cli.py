@@ -151,7 +151,8 @@ def cmd_generate(a) -> int:
     from rlir.eval.generate import generate
     res = generate(a.world_model, a.data, a.out, frames=a.frames, seed=a.seed, split=a.split,
                    batch_size=a.batch_size, max_clips=a.max_clips, temperature=a.temperature, top_p=a.top_p,
-                   steps=a.steps, solver=a.solver, device=a.device, progress=not a.quiet, overwrite=a.overwrite)
+                   steps=a.steps, solver=a.solver, device=a.device, progress=not a.quiet, overwrite=a.overwrite,
+                   precision=a.precision)
     p = res.get("psnr_frames_1_to_T")
     extra = f"; PSNR of frames 1..{a.frames - 1} {p['mean']:.2f} dB [{p['ci95'][0]:.2f}, {p['ci95'][1]:.2f}]" if p else ""
     kept = f" ({res['kept']} already there, made with the same settings)" if res["kept"] else ""
@@ -325,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=8, help="clips per batch (default 8)")
     g.add_argument("--max-clips", type=int, help="at most this many clips (default: all)")
     add_sampler_args(g)
+    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16: AR from bfloat16 weights, DiT under bf16 autocast (faster on bf16 hardware; default fp32)")
     g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     g.set_defaults(func=cmd_generate)
 

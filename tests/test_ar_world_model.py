@@ -211,6 +211,14 @@ def test_train_tokenizer_then_world_model_and_generate(tmp_path):
     assert ep.frames.shape == (4, 16, 16, 3) and np.array_equal(ep.frames[0], real.frames[0])
     assert np.array_equal(ep.actions, real.actions) and not np.array_equal(ep.frames[1:], real.frames[1:])
     assert "psnr_frames_1_to_T" in __import__("json").loads((gen / "generate_summary.json").read_text())
+    # --precision bf16 (AR: bfloat16 weights) is part of the clips' identity: a resume with float32 is refused
+    args = ["-q", "generate", "--world-model", str(tmp_path / "wm" / "checkpoints" / "best"), "--data",
+            str(tmp_path / "data"), "--out", str(tmp_path / "gen_bf16"), "--frames", "4", "--split", "test"]
+    assert main(args + ["--precision", "bf16"]) == 0
+    bf = EpisodeStore(tmp_path / "gen_bf16")
+    assert bf.metadata["generated"]["precision"] == "bf16" and bf.ids("test") == dst.ids("test")
+    assert bf.load("e1-00004").frames.shape == (4, 16, 16, 3)
+    assert main(args) != 0 and len(EpisodeStore(tmp_path / "gen_bf16")) == 3
 
 
 def test_generate_rejects_the_wrong_checkpoint_kind(tmp_path, capsys):

@@ -206,6 +206,13 @@ def test_train_autoencoder_then_diffusion_model_and_generate(tmp_path):
                  str(tmp_path / "data"), "--out", str(gen), "--frames", "4", "--steps", "3"]) == 0
     ep, real = EpisodeStore(gen).load("e1-00004"), EpisodeStore(tmp_path / "data").load("e1").slice(4, 8)
     assert np.array_equal(ep.frames[0], real.frames[0]) and np.array_equal(ep.actions, real.actions)
+    # the ODE under bf16 autocast: the same clips, frames close to float32's (same noise, same solver)
+    assert main(["-q", "generate", "--world-model", str(tmp_path / "wm" / "checkpoints" / "best"), "--data",
+                 str(tmp_path / "data"), "--out", str(tmp_path / "gen_bf16"), "--frames", "4", "--steps", "3",
+                 "--precision", "bf16"]) == 0
+    eb = EpisodeStore(tmp_path / "gen_bf16").load("e1-00004")
+    assert eb.frames.dtype == np.uint8 and np.array_equal(eb.frames[0], ep.frames[0])
+    assert np.abs(eb.frames.astype(int) - ep.frames.astype(int)).mean() < 8
     # an AR tokenizer is the wrong codec for a diffusion model: a clear error, exit 2
     assert main(["-q", "wm", "train", "--paradigm", "diffusion", "--data", str(tmp_path / "data"),
                  "--autoencoder", str(tmp_path / "wm" / "checkpoints" / "best"), "--out", str(tmp_path / "x")]) == 2

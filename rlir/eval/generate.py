@@ -44,10 +44,15 @@ class WorldModelRollout:
     """Frame 0 + actions -> generated frames, through the world model's codec (tokens or latents)."""
 
     def __init__(self, path: str | Path, device: str = "cpu", temperature: float = 1.0, top_p: float = 0.8,
-                 steps: int = 18, solver: str = "dpm++"):
+                 steps: int = 18, solver: str = "dpm++", precision: str = "fp32"):
         from rlir.training.wm_trainer import load_world_model_checkpoint
         self.paradigm = read_config(path, kind="world_model").get("paradigm")
         self.model, self.cfg, self.codec = load_world_model_checkpoint(path, device)
+        # bf16: AR samples from bfloat16 weights (attention and log-probs float32, as in post-training's
+        # rollouts); the DiT's transformer runs under bf16 autocast, the solver's arithmetic in float32
+        self.bf16 = precision == "bf16"
+        if self.bf16 and self.paradigm == "ar":
+            self.model = self.model.to(torch.bfloat16)
         self.device, self.temperature, self.top_p, self.steps, self.solver = device, temperature, top_p, steps, solver
         self.resolution = tuple(self.codec.cfg.resolution)
 
@@ -60,8 +65,10 @@ class WorldModelRollout:
                        top_p=self.top_p, generator=generator)
             return self.codec.decode(split_frames(r.tokens, self.cfg)).cpu()
         from rlir.models.flow_samplers import rollout   # the ODE (NFD's evaluation: DPM-Solver++, 18 steps)
-        latents = rollout(self.model, z0, actions.to(self.device), frames, steps=self.steps, mode="ode",
-                          solver=self.solver, generator=generator)
+        with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.bf16):
+            latents = rollout(self.model, z0, actions.to(self.device), frames, steps=self.steps, mode="ode",
+                              solver=self.solver, generator=generator)
+        latents = latents.float()
         return self.codec.decode(latents).cpu()
 
 
@@ -83,7 +90,7 @@ def checkpoint_digest(path: str | Path) -> str:
 
 # what a generated store's clips depend on; a resume must find all of them unchanged
 IDENTITY_KEYS = ("world_model_sha256", "data_manifest_sha256", "split", "frames", "seed", "batch_size", "device",
-                 "paradigm", "temperature", "top_p", "steps", "solver")
+                 "paradigm", "temperature", "top_p", "steps", "solver", "precision")
 
 
 def check_resumable(out: Path, made: dict, overwrite: bool) -> None:
@@ -115,14 +122,17 @@ def check_resumable(out: Path, made: dict, overwrite: bool) -> None:
 def generate(world_model: str, data: str, out: str, frames: int = 16, seed: int = 0, split: str = "test",
              batch_size: int = 8, max_clips: int | None = None, temperature: float = 1.0, top_p: float = 0.8,
              steps: int = 18, solver: str = "dpm++", device: str = "cpu", progress: bool = True,
-             overwrite: bool = False) -> dict:
+             overwrite: bool = False, precision: str = "fp32") -> dict:
     from tqdm import tqdm
 
     from rlir.utils.output_guard import Input, Output, check_output
     check_output(Output(out, "--out"), [Input(data, "--data"), Input(world_model, "--world-model", dataset=False)])
     if frames < 2:
         raise ConfigError(f"--frames must be at least 2 (frame 0 is given, the rest generated), got {frames}")
-    wm = load_world_model(world_model, device, temperature=temperature, top_p=top_p, steps=steps, solver=solver)
+    if precision not in ("fp32", "bf16"):
+        raise ConfigError(f"--precision must be fp32 or bf16, got {precision!r}")
+    wm = load_world_model(world_model, device, temperature=temperature, top_p=top_p, steps=steps, solver=solver,
+                          precision=precision)
     clip_len = getattr(wm.cfg, "clip_len", frames)
     if frames > clip_len:
         raise ConfigError(f"--frames {frames} is longer than the world model's clip length {clip_len} ({world_model})")
@@ -138,6 +148,8 @@ def generate(world_model: str, data: str, out: str, frames: int = 16, seed: int 
             "data_manifest_sha256": hashlib.sha256((Path(data) / MANIFEST).read_bytes()).hexdigest()}
     made.update({"temperature": temperature, "top_p": top_p} if wm.paradigm == "ar" else
                 {"steps": steps, "solver": solver})
+    if precision != "fp32":          # recorded only when not the default, so older stores still resume
+        made["precision"] = precision
     meta["generated"] = made
     out_dir = Path(out)
     check_resumable(out_dir, made, overwrite)
