@@ -34,8 +34,8 @@ class DemoConfig:
     posttrain_minutes: float = 5.0
     posttrain_steps: int = 20
     eval_clips: int = 48
-    precision: str = "bf16"              # training stages: bf16 autocast (about 1.5x the steps a minute on a
-                                         # CPU with bf16 units, the same on a GPU); fp32 where bf16 is slow
+    precision: str = "bf16"              # training stages under bf16 autocast: 1.2-1.8x the steps a minute on
+                                         # a CPU with bf16 units; fp32 on a CPU without them (bf16 is slow there)
     collect: list[str] = field(default_factory=list)     # collector overrides, e.g. ["frames=150"]
 
     def validate(self) -> None:
