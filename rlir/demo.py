@@ -47,7 +47,8 @@ class DemoConfig:
         for name in budgets:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.precision not in ("fp32", "bf16"):
+        from rlir.training.distributed import PRECISIONS
+        if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if self.posttrain_steps < 1 or self.seed < 0:
             raise ConfigError("posttrain_steps must be at least 1 and seed not negative")

@@ -129,7 +129,8 @@ def generate(world_model: str, data: str, out: str, frames: int = 16, seed: int 
     check_output(Output(out, "--out"), [Input(data, "--data"), Input(world_model, "--world-model", dataset=False)])
     if frames < 2:
         raise ConfigError(f"--frames must be at least 2 (frame 0 is given, the rest generated), got {frames}")
-    if precision not in ("fp32", "bf16"):
+    from rlir.training.distributed import PRECISIONS
+    if precision not in PRECISIONS:
         raise ConfigError(f"--precision must be fp32 or bf16, got {precision!r}")
     wm = load_world_model(world_model, device, temperature=temperature, top_p=top_p, steps=steps, solver=solver,
                           precision=precision)
