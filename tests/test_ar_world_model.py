@@ -64,6 +64,9 @@ def test_kv_decoder_matches_the_full_forward():
     assert torch.allclose(dec(ids[:, 12:20]), full[:, 19], atol=1e-5)          # a chunk after the prefix
     with pytest.raises(ValueError, match="full"):
         dec(ids[:, :1])
+    split = KVDecoder(model, 2, 20, fuse=False)          # the GPU layout: separate projections, scale on q
+    assert torch.allclose(split(ids[:, :7]), full[:, 6], atol=1e-5)
+    assert torch.allclose(split(ids[:, 7:8]), full[:, 7], atol=1e-5)
     import copy
     half = KVDecoder(copy.deepcopy(model).to(torch.bfloat16), 2, 20)
     assert (half(ids).float() - full[:, 19]).abs().max() < 0.1
