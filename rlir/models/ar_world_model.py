@@ -107,12 +107,14 @@ def policy_logprobs(logits: torch.Tensor, n_codes: int, temperature: float, top_
     logits [..., V] -> [..., n_codes]; tokens outside the nucleus get -inf. `taken` (optional,
     [...]) is kept in the nucleus whatever the rounding, so a rollout's own token never scores -inf.
     """
-    lp = torch.log_softmax(logits[..., :n_codes].float() / temperature, dim=-1)
+    x = logits[..., :n_codes].float()
+    lp = torch.log_softmax(x if temperature == 1.0 else x / temperature, dim=-1)
     if top_p >= 1.0:
         return lp
     with torch.no_grad():   # which tokens are in the nucleus: a selection, not a function to differentiate
         sorted_lp, order = lp.sort(dim=-1, descending=True)
-        mass_before = sorted_lp.exp().cumsum(-1) - sorted_lp.exp()
+        p_sorted = sorted_lp.exp()
+        mass_before = p_sorted.cumsum(-1) - p_sorted
         keep_sorted = mass_before < top_p            # the most likely token is always kept
         keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
         if taken is not None:
