@@ -2,7 +2,8 @@
 
   - old_hf_cache_fp32: the sampler before issue 20 (transformers' `past_key_values` cache, grown by
     concatenation at every token; kept here as the baseline, it is gone from the package);
-  - ours_kv_fp32: the new sampler (rlir/models/kv_decoder.py: preallocated cache, keys stored transposed);
+  - ours_kv_fp32: the new sampler (rlir/models/kv_decoder.py: preallocated cache, keys stored transposed,
+    fused projections; the token drawn by inverse CDF over a top-k nucleus, `sample_token`);
   - ours_kv_bf16: the same with bfloat16 weights (posttrain's `rollout_precision: bf16`);
   - hf_generate: transformers' generate() with a logits processor that forces the action tokens and
     keeps every other position in the visual vocabulary, so all make the same kind of rollout.
@@ -47,10 +48,19 @@ class ForceActions:
         return out
 
 
+def old_policy_logprobs(logits, n_codes: int, top_p: float) -> torch.Tensor:
+    """The pre-issue-20 nucleus: a full sort of the visual vocabulary at every token (temperature 1)."""
+    lp = torch.log_softmax(logits[..., :n_codes].float(), dim=-1)
+    sorted_lp, order = lp.sort(dim=-1, descending=True)
+    keep_sorted = sorted_lp.exp().cumsum(-1) - sorted_lp.exp() < top_p
+    lp = lp.masked_fill(~torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted), float("-inf"))
+    return lp - torch.logsumexp(lp, dim=-1, keepdim=True)
+
+
 @torch.no_grad()
 def old_sample(model, cfg: ARConfig, codes0, actions, frames, top_p=0.8, generator=None):
     """The pre-issue-20 sampler: transformers' DynamicCache through `past_key_values`, one token a call."""
-    from rlir.models.ar_world_model import TOKENS_PER_ACTION, Rollout, policy_logprobs
+    from rlir.models.ar_world_model import TOKENS_PER_ACTION, Rollout
     from rlir.utils.rand import multinomial
     B, N = codes0.shape[0], cfg.tokens_per_frame
     act = action_tokens(actions[:, : frames - 1], cfg.n_codes, codes0.device)
@@ -62,7 +72,7 @@ def old_sample(model, cfg: ARConfig, codes0, actions, frames, top_p=0.8, generat
         for j in range(N):
             out = model(input_ids=feed, past_key_values=cache, use_cache=True)
             cache = out.past_key_values
-            lp = policy_logprobs(out.logits[:, -1], cfg.n_codes, 1.0, top_p)
+            lp = old_policy_logprobs(out.logits[:, -1], cfg.n_codes, top_p)
             tok = multinomial(lp.exp(), 1, generator)
             ft.append(tok)
             fl.append(lp.gather(-1, tok))

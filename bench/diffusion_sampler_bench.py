@@ -2,12 +2,10 @@
 
 Side by side in one run: the ODE sampler as evaluated (DPM-Solver++, 18 steps), Euler with 18 steps,
 DPM-Solver++ with 10 steps, and Flow-GRPO's SDE sampler as used for RL rollouts (10 steps, noise level
-0.75), all frame by frame with the finished frames' keys/values cached. Each in up to three paths, from
-the same noise: `fp32_catcache` (the old path: float32, the cached past concatenated with the current
-frame at every denoising step), `fp32` (the preallocated FrameCache of rlir/models/dit_world_model.py)
-and `bf16` (FrameCache under bf16 autocast; the SDE step itself stays float32). Frames/s = batch *
-(frames - 1) / seconds; `speedup_vs_old` is each path against the same sampler's fp32_catcache run;
-`max_rel_diff_vs_old` the largest |difference| of the final latents over their std.
+0.75), all frame by frame with the finished frames' keys/values cached; each in float32 (the old path)
+and under bf16 autocast (the SDE step itself stays float32), from the same noise. Frames/s = batch *
+(frames - 1) / seconds; `speedup_vs_fp32` is each bf16 path against its own float32 run;
+`max_rel_diff_vs_fp32` the largest |bf16 - fp32| of the final latents over their std.
 
     python bench/diffusion_sampler_bench.py [--world-model CKPT] [--batch 8] [--device cpu|cuda] [--out JSON]
 """
@@ -28,14 +26,6 @@ from rlir.models.dit_world_model import PRESETS, DiTConfig, DiTWorldModel  # noq
 from rlir.models.flow_samplers import rollout  # noqa: E402
 
 
-def cat_cache(cache, kvs):
-    """The old cache: a list of per-layer (k, v), concatenated with the new frame's (and, inside attention,
-    with the current frame's at every denoising step)."""
-    if cache is None:
-        return kvs
-    return [(torch.cat([pk, k], 2), torch.cat([pv, v], 2)) for (pk, pv), (k, v) in zip(cache, kvs)]
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--world-model", help="a diffusion world-model checkpoint (default: a preset, random weights)")
@@ -46,8 +36,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--precisions", default="fp32_catcache,fp32,bf16",
-                   help="comma-separated paths: fp32_catcache (old), fp32, bf16 (autocast)")
+    p.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32 and/or bf16 (autocast)")
     p.add_argument("--out", default="bench/results/diffusion_sampler.json")
     a = p.parse_args()
     torch.manual_seed(a.seed)
@@ -66,14 +55,11 @@ def main() -> None:
             "ode_dpm++_10": dict(mode="ode", solver="dpm++", steps=10),
             "sde_10_eta0.75": dict(mode="sde", steps=10, eta=0.75)}
     precisions = [x for x in a.precisions.split(",") if x]
-    if not precisions or set(precisions) - {"fp32_catcache", "fp32", "bf16"}:
-        raise SystemExit(f"--precisions takes fp32_catcache, fp32 and/or bf16, got {a.precisions!r}")
-    import rlir.models.flow_samplers as fs
-    buffered = fs.append_cache
+    if not precisions or set(precisions) - {"fp32", "bf16"}:
+        raise SystemExit(f"--precisions takes fp32 and/or bf16, got {a.precisions!r}")
     sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
     results, finals = {}, {}
     for prec in precisions:
-        fs.append_cache = cat_cache if prec == "fp32_catcache" else buffered
         with torch.no_grad(), torch.autocast(a.device.split(":")[0], dtype=torch.bfloat16, enabled=prec == "bf16"):
             rollout(model, z0, actions, 2, steps=2, mode="ode", solver="euler")          # warm-up
             for name, kw in runs.items():
@@ -88,17 +74,16 @@ def main() -> None:
                         finals[name, prec] = (out.latents if hasattr(out, "latents") else out).float()
                 key = f"{name}_{prec}"
                 results[key] = {"seconds": min(ts), "frames_per_s": B * (F - 1) / min(ts), "all_seconds": ts}
-                if prec != "fp32_catcache" and (name, "fp32_catcache") in finals:
-                    ref = finals[name, "fp32_catcache"]
-                    results[key]["speedup_vs_old"] = results[f"{name}_fp32_catcache"]["seconds"] / min(ts)
-                    results[key]["max_rel_diff_vs_old"] = float((finals[name, prec] - ref).abs().max() / ref.std())
-                print(f"{key:28s} {results[key]['frames_per_s']:8.1f} frames/s ({min(ts):.2f} s, {B} rollouts x {F - 1} frames)"
-                      + (f"  x{results[key]['speedup_vs_old']:.2f} vs old" if "speedup_vs_old" in results[key] else ""))
-    fs.append_cache = buffered
-    base = "ode_dpm++_18_fp32_catcache" if "ode_dpm++_18_fp32_catcache" in results else "ode_dpm++_18_fp32"
-    if base in results:       # today's evaluation sampler on the old path: the issue's baseline
+                if prec == "bf16" and (name, "fp32") in finals:
+                    ref = finals[name, "fp32"]
+                    results[key]["speedup_vs_fp32"] = results[f"{name}_fp32"]["seconds"] / min(ts)
+                    results[key]["max_rel_diff_vs_fp32"] = float((finals[name, prec] - ref).abs().max() / ref.std())
+                print(f"{key:22s} {results[key]['frames_per_s']:8.1f} frames/s ({min(ts):.2f} s, {B} rollouts x {F - 1} frames)"
+                      + (f"  x{results[key]['speedup_vs_fp32']:.2f} vs fp32" if "speedup_vs_fp32" in results[key] else ""))
+    if "ode_dpm++_18_fp32" in results:
+        ref = results["ode_dpm++_18_fp32"]["seconds"]
         for v in results.values():
-            v["speedup_vs_ode_dpm18_old"] = results[base]["seconds"] / v["seconds"]
+            v["speedup_vs_ode_dpm18_fp32"] = ref / v["seconds"]
     device_name = torch.cuda.get_device_name() if a.device.startswith("cuda") else (platform.processor() or platform.machine())
     report = {"bench": "diffusion_sampler", "command": " ".join(sys.argv), "seed": a.seed, "batch": B, "frames": F,
               "tokens_per_frame": cfg.tokens_per_frame, "params": sum(p.numel() for p in model.parameters()),

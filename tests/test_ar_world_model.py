@@ -235,3 +235,25 @@ def test_generate_rejects_the_wrong_checkpoint_kind(tmp_path, capsys):
     assert err.count("\n") == 0 and "is an 'idm' checkpoint, not 'world_model'" in err
     assert main(["-q", "wm", "train", "--paradigm", "diffusion", "--data", str(tmp_path / "data"),
                  "--out", str(tmp_path / "wm")]) == 2
+
+
+def test_sample_token_draws_from_the_scored_distribution():
+    """sample_token (top-k head, inverse CDF) draws each token with the probability policy_logprobs gives
+    it, returns that log-prob, and never leaves the nucleus; where the top-k head does not hold the
+    nucleus (a flat distribution) the full sort decides, as it always did."""
+    from rlir.models.ar_world_model import NUCLEUS_HEAD, sample_token
+    g = torch.Generator().manual_seed(0)
+    peaked = torch.randn(1, 1024, generator=g) * 4
+    flat = torch.randn(1, 1024, generator=g) * 0.1
+    for logits, top_p in ((peaked, 0.8), (peaked, 1.0), (flat, 0.8)):
+        ref = policy_logprobs(logits, 1024, 1.0, top_p)[0]
+        rows = logits.expand(20000, -1)
+        tok, lp = sample_token(rows, 1024, 1.0, top_p, torch.Generator().manual_seed(1))
+        assert torch.isfinite(ref[tok[:, 0]]).all()                           # inside the nucleus
+        assert (lp[:, 0] - ref[tok[:, 0]]).abs().max() < 1e-4                # the scorer's log-prob
+        freq = torch.bincount(tok[:, 0], minlength=1024).float() / len(tok)
+        assert (freq - ref.exp()).abs().max() < 0.012                          # the scorer's probabilities
+    # the flat case needs more than the head: its nucleus has far more than NUCLEUS_HEAD tokens
+    assert torch.isfinite(policy_logprobs(flat, 1024, 1.0, 0.8)).sum() > NUCLEUS_HEAD
+    with_sort = torch.log_softmax(peaked, -1).sort(-1, descending=True)[0].exp()
+    assert int(((with_sort.cumsum(-1) - with_sort) < 0.8).sum()) == int(torch.isfinite(policy_logprobs(peaked, 1024, 1.0, 0.8)).sum())

@@ -51,26 +51,6 @@ def test_cached_frame_by_frame_equals_the_full_pass():
     assert (torch.stack(outs, 1) - v).abs().max() < 1e-5
 
 
-def test_frame_cache_reads_as_the_concatenated_past_and_grows():
-    """FrameCache (preallocated, 16 frames to start) holds what concatenating every frame's (k, v) would,
-    past its first capacity too; a step's own keys are attended to but not committed."""
-    from rlir.models.dit_world_model import FrameCache
-    g = torch.Generator().manual_seed(0)
-    kvs = [[(torch.randn(2, 3, 5, 4, generator=g), torch.randn(2, 3, 5, 4, generator=g)) for _ in range(2)]
-           for _ in range(20)]
-    cache = None
-    for f, kv in enumerate(kvs):
-        if cache is not None:
-            k, v = cache[1].with_current(*kv[1])                     # a denoising step: past + current
-            assert torch.equal(k, torch.cat([c[1][0] for c in kvs[: f + 1]], 2))
-            assert torch.equal(v, torch.cat([c[1][1] for c in kvs[: f + 1]], 2))
-        cache = append_cache(cache, kv)
-        assert isinstance(cache, FrameCache) and len(cache) == 2
-    for layer, (k, v) in enumerate(cache):
-        assert torch.equal(k, torch.cat([c[layer][0] for c in kvs], 2))
-        assert torch.equal(v, torch.cat([c[layer][1] for c in kvs], 2))
-
-
 def test_clean_context_loss_is_the_samplers_situation_frame_by_frame():
     """The teacher-forced objective: frame f (noisy) sees frames 0..f-1 clean, exactly as the cached
     sampler conditions it; its loss is the MSE of that velocity against eps - x0 over frames 1..T-1."""

@@ -78,9 +78,7 @@ class Attention(nn.Module):
         B, L, d = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.h, d // self.h).permute(2, 0, 3, 1, 4)
         kv = (k, v)
-        if isinstance(past, _LayerCache):
-            k, v = past.with_current(k, v)
-        elif past is not None:
+        if past is not None:
             k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(y.transpose(1, 2).reshape(B, L, d)), kv
@@ -205,64 +203,10 @@ class DiTWorldModel(nn.Module):
         return self.head(h, c), kvs
 
 
-class FrameCache:
-    """The finished frames' keys and values, per layer, in preallocated buffers [B, h, capacity, dh].
-
-    A denoising step writes its frame's keys/values after the cached ones and attends to the buffer's
-    filled prefix: no concatenation of the whole past at every step (15 frames x 18 steps x 6 layers
-    in a rollout). `append` commits a frame. Reads like the list of (k, v) it replaces."""
-
-    def __init__(self, kvs: list):
-        self.len, self.layers = 0, [_LayerCache(self, k, v) for k, v in kvs]
-        self.append(kvs)
-
-    def append(self, kvs: list) -> "FrameCache":
-        L = kvs[0][0].shape[2]
-        for lc, (k, v) in zip(self.layers, kvs):
-            lc.write(self.len, k, v)
-        self.len += L
-        return self
-
-    def __getitem__(self, layer: int) -> "_LayerCache":
-        return self.layers[layer]
-
-    def __len__(self) -> int:
-        return len(self.layers)
-
-    def __iter__(self):
-        return iter((lc.k[:, :, : self.len], lc.v[:, :, : self.len]) for lc in self.layers)
-
-
-class _LayerCache:
-    def __init__(self, owner: FrameCache, k: torch.Tensor, v: torch.Tensor, frames: int = 16):
-        self.owner = owner
-        self.k = k.new_empty(*k.shape[:2], frames * k.shape[2], k.shape[3])
-        self.v = v.new_empty(*v.shape[:2], frames * v.shape[2], v.shape[3])
-
-    def write(self, at: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        end = at + k.shape[2]
-        if end > self.k.shape[2]:                       # grow by doubling (rare: capacity is 16 frames)
-            cap = max(end, 2 * self.k.shape[2])
-            grow = lambda b: torch.cat([b[:, :, :at], b.new_empty(*b.shape[:2], cap - at, b.shape[3])], 2)  # noqa: E731
-            self.k, self.v = grow(self.k), grow(self.v)
-        self.k[:, :, at:end] = k
-        self.v[:, :, at:end] = v
-
-    def with_current(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The cached keys/values followed by this call's (written in the slot after them, uncommitted)."""
-        n = self.owner.len
-        self.write(n, k, v)
-        end = n + k.shape[2]
-        return self.k[:, :, :end], self.v[:, :, :end]
-
-
-def append_cache(cache, kvs: list) -> FrameCache:
-    """Commit a frame's per-layer (k, v) to the cache (None or a list of (k, v) start a FrameCache)."""
+def append_cache(cache: list | None, kvs: list) -> list:
     if cache is None:
-        return FrameCache(kvs)
-    if not isinstance(cache, FrameCache):
-        cache = FrameCache(list(cache))
-    return cache.append(kvs)
+        return kvs
+    return [(torch.cat([pk, k], 2), torch.cat([pv, v], 2)) for (pk, pv), (k, v) in zip(cache, kvs)]
 
 
 def flow_matching_loss(model: DiTWorldModel, x0: torch.Tensor, actions: torch.Tensor,

@@ -223,13 +223,11 @@ class ARSession(PlaySession):
         self.pending = tokens.new_zeros(1, 0)     # sampled but not yet fed (the last token of a frame)
 
     def _next(self, a: torch.Tensor) -> torch.Tensor:
-        from rlir.models.ar_world_model import action_tokens, policy_logprobs
-        from rlir.utils.rand import multinomial
+        from rlir.models.ar_world_model import action_tokens, sample_token
         cfg, pm = self.pm.cfg, self.pm
         feed, toks = torch.cat([self.pending, action_tokens(a, cfg.n_codes, self.dev)], 1), []
         for _ in range(cfg.tokens_per_frame):
-            lp = policy_logprobs(self.dec(feed), cfg.n_codes, pm.temperature, pm.top_p)
-            feed = multinomial(lp.exp(), 1, self.gen)
+            feed = sample_token(self.dec(feed), cfg.n_codes, pm.temperature, pm.top_p, self.gen)[0]
             toks.append(feed)
         self.pending = feed
         return torch.cat(toks, 1)                                               # [1, N]
