@@ -75,8 +75,9 @@ ACTIONS = [controls_to_action(c) for c in (["forward"], ["turn_left"], ["forward
 
 # --- sessions ------------------------------------------------------------------------------------
 def test_ar_session_reproduces_the_evaluation_sampler(world):
-    """Within one clip a session's frames are exactly `sample`'s (the sampler `rlir generate` uses) for the
-    same seed: the same KV cache, nucleus and draws, one request at a time."""
+    """Within one clip a session's tokens are exactly `sample`'s (the sampler `rlir generate` uses) for the
+    same seed: the same KV cache, nucleus and draws, one request at a time. Its frames are those tokens
+    decoded one frame at a time, so they may differ from a whole-clip decode by a rounding level."""
     from rlir.models.ar_world_model import sample, split_frames
     pm = PlayModel(world["ar"])
     s = pm.session(start_frame(), seed=7)
@@ -84,8 +85,10 @@ def test_ar_session_reproduces_the_evaluation_sampler(world):
     codes0 = pm.codec.encode(torch.from_numpy(start_frame())[None])
     acts = torch.from_numpy(np.stack(ACTIONS[:CLIP - 1]).astype(np.int64))[None]
     r = sample(pm.model, pm.cfg, codes0, acts, frames=CLIP, top_p=0.8, generator=torch.Generator().manual_seed(7))
-    ref = pm.codec.decode(split_frames(r.tokens, pm.cfg))[0, 1:].numpy()
-    assert np.array_equal(np.stack(ours), ref)
+    codes = split_frames(r.tokens, pm.cfg)
+    assert torch.equal(torch.cat(s.window)[1:], codes[0, 1:])
+    ref = pm.codec.decode(codes)[0, 1:].numpy()
+    assert np.abs(np.stack(ours).astype(int) - ref.astype(int)).max() <= 1
 
 
 def test_dit_session_reproduces_the_evaluation_rollout(world):
