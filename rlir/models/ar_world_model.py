@@ -100,6 +100,12 @@ def split_frames(tokens: torch.Tensor, cfg: ARConfig) -> torch.Tensor:
     return padded[:, :, : cfg.tokens_per_frame]
 
 
+def _visual_logprobs(logits: torch.Tensor, n_codes: int, temperature: float) -> torch.Tensor:
+    """log softmax(logits[visual] / temperature), float32."""
+    x = logits[..., :n_codes].float()
+    return torch.log_softmax(x if temperature == 1.0 else x / temperature, dim=-1)
+
+
 NUCLEUS_HEAD = 128      # on a CPU the nucleus is looked for among the top 128 tokens first (see _nucleus_head)
 
 
@@ -127,8 +133,7 @@ def policy_logprobs(logits: torch.Tensor, n_codes: int, temperature: float, top_
     logits [..., V] -> [..., n_codes]; tokens outside the nucleus get -inf. `taken` (optional,
     [...]) is kept in the nucleus whatever the rounding, so a rollout's own token never scores -inf.
     """
-    x = logits[..., :n_codes].float()
-    lp = torch.log_softmax(x if temperature == 1.0 else x / temperature, dim=-1)
+    lp = _visual_logprobs(logits, n_codes, temperature)
     if top_p >= 1.0:
         return lp
     with torch.no_grad():   # which tokens are in the nucleus: a selection, not a function to differentiate
@@ -147,8 +152,7 @@ def sample_token(logits: torch.Tensor, n_codes: int, temperature: float, top_p: 
     row from `generator` (a torch.Generator or GroupGenerators): on a CPU a top-k and a searchsorted cost
     a fraction of a full sort and a multinomial, per token of every rollout."""
     from rlir.utils.rand import rand
-    x = logits[..., :n_codes].float()
-    lp = torch.log_softmax(x if temperature == 1.0 else x / temperature, dim=-1)
+    lp = _visual_logprobs(logits, n_codes, temperature)
     if top_p >= 1.0:                             # no nucleus: the CDF in vocabulary order
         head, order, p = lp, None, lp.exp()
         last = torch.full((len(lp), 1), lp.shape[-1] - 1, device=lp.device)
