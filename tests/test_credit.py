@@ -160,7 +160,7 @@ def test_frame_credit_run_logs_the_signal_checks_and_resumes(tmp_path):
               advantage="frame", gamma=0.5, num_iterations=2, gradient_accumulation_steps=2, lr_schedule="constant",
               warmup=1, top_p=0.8, rewards={"inverse": 1.0, "pixel_l1_ssim": 0.1})
     posttrain(GRPOConfig(out=str(tmp_path / "full"), **kw), progress=False)
-    posttrain(GRPOConfig(out=str(tmp_path / "killed"), **kw), progress=False, stop_at_step=1)
+    posttrain(GRPOConfig(out=str(tmp_path / "killed"), stop_after=1, **kw), progress=False)
     posttrain(GRPOConfig(out=str(tmp_path / "killed"), **kw), progress=False)
     rows = lambda d: [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]  # noqa
     full, resumed = rows("full"), rows("killed")

@@ -138,8 +138,8 @@ def test_posttraining_on_two_processes_matches_one(tmp_path, data, paradigm, par
     assert main(["-q", *args, "--out", str(tmp_path / "one")]) == 0
     if paradigm == "ar":         # killed after step 1 on one process, resumed on two
         cfg = load_config(GRPOConfig, f"configs/posttrain/{paradigm}_tiny.yaml", sets, world_model=wm, idm=idm,
-                          judge=idm, data=data, out=str(tmp_path / "two"))
-        posttrain(cfg, progress=False, stop_at_step=1)
+                          judge=idm, data=data, out=str(tmp_path / "two"), stop_after=1)
+        posttrain(cfg, progress=False)
     torchrun(2, args + ["--out", str(tmp_path / "two")])
     assert_same_state(tmp_path / "one" / "checkpoints" / "last", tmp_path / "two" / "checkpoints" / "last")
     one, two = _rows(tmp_path / "one"), _rows(tmp_path / "two")

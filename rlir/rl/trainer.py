@@ -86,6 +86,8 @@ class GRPOConfig(LoopConfig):
     eval_steps: int = 18
     eval_top_p: float = 0.8
     # bookkeeping
+    stop_after: int = 0                      # end after this many steps, the lr schedule still over `steps` (0: at
+                                             # `steps`); a control matched to another run's step count
     eval_every: int = 10
     probe_clips: int = 8
     save_every: int = 5
@@ -93,6 +95,8 @@ class GRPOConfig(LoopConfig):
 
     def validate(self) -> None:
         super().validate()
+        if self.stop_after < 0:
+            raise ConfigError(f"stop_after must not be negative, got {self.stop_after}")
         if self.num_generations < 2:
             raise ConfigError("num_generations must be at least 2 (advantages are relative to the group)")
         if (self.batch_size * self.num_generations) % self.gradient_accumulation_steps:
@@ -475,7 +479,7 @@ class Posttrainer:
 
 
 # What a resumed run must share with the run it continues: its model, data, reward and optimisation.
-# Budget and bookkeeping (steps, max_minutes, eval/save/media cadence, threads, device) may change.
+# Budget and bookkeeping (steps, max_minutes, stop_after, eval/save/media cadence, threads, device) may change.
 RESUME_KEEPS = ("world_model", "idm", "judge", "data", "frames", "seed", "batch_size", "num_generations",
                 "num_iterations", "gradient_accumulation_steps", "lr", "lr_schedule", "warmup", "weight_decay",
                 "max_grad_norm", "beta", "epsilon", "epsilon_high", "loss_type", "scale_rewards", "temperature",
@@ -499,9 +503,8 @@ def check_resume(out: Path, saved: dict | None, cfg: GRPOConfig) -> None:
                           f"{out / 'checkpoints' / 'last'} to start over")
 
 
-def posttrain(cfg: GRPOConfig, progress: bool = True, stop_at_step: int | None = None,
-              reward_fns: tuple[list, list[float]] | None = None) -> dict:
-    """Post-train (or resume) a world model; `stop_at_step` ends early as a kill would (for tests)."""
+def posttrain(cfg: GRPOConfig, progress: bool = True, reward_fns: tuple[list, list[float]] | None = None) -> dict:
+    """Post-train (or resume) a world model; `max_minutes` and `stop_after` end it early, at a checkpoint."""
     from tqdm import tqdm
     from rlir.utils.io import atomic_write_json
     tr = Posttrainer(cfg, reward_fns)
@@ -531,6 +534,7 @@ def posttrain(cfg: GRPOConfig, progress: bool = True, stop_at_step: int | None =
         row = tr.step(step)
         step += 1
         out_of_time = tr.d.any(cfg.max_minutes > 0 and (time.time() - t_start) / 60 > cfg.max_minutes)
+        out_of_time = out_of_time or step == cfg.stop_after
         if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
             row.update(tr.probe_rewards())
         if cfg.media_every and (step % cfg.media_every == 0 or step == cfg.steps):
@@ -540,9 +544,9 @@ def posttrain(cfg: GRPOConfig, progress: bool = True, stop_at_step: int | None =
         history.append(row)
         bar.update(1)
         bar.set_postfix(reward=f"{row['reward']:.3f}")
-        if step % cfg.save_every == 0 or step == cfg.steps or out_of_time or step == stop_at_step:
+        if step % cfg.save_every == 0 or step == cfg.steps or out_of_time:
             tr.save(step, history)
-        if out_of_time or step == stop_at_step:
+        if out_of_time:
             break
     bar.close()
     runlog.close()
