@@ -1,9 +1,16 @@
 """Throughput of one RLIR post-training step: rollout frames/s, training tokens/s and model FLOPs
 utilisation against this device's own measured matmul rate (same dtype, same run).
 
-The world model and IDM are randomly initialised at the chosen sizes (throughput does not depend on
-the weights) and prompts come from a synthetic episode store at the codec's resolution, so nothing
-needs training first. Works under torchrun (each rank rolls out its share of the groups; figures are
+The world model and IDM are randomly initialised at the chosen sizes and prompts come from a
+synthetic episode store at the codec's resolution, so nothing needs training first. `--world-model
+CKPT` times a trained world model instead: the AR sampler's nucleus head (top-128 codes, a full sort
+only when they hold less than top_p) is fast on a trained model's peaked distribution and falls back
+on a random model's flat one, so AR rollout figures depend on the weights.
+
+`--old-sampler` (AR) makes the baseline the path before the speed work of issue 20: the
+pre-issue-20 sampler (transformers' growing `past_key_values` cache, a full sort of the vocabulary at
+every token; `bench/ar_sampler_bench.py`'s `old_sample`) with float32 rollouts and training, so a
+`--variant` is timed against the old path in the same run. Works under torchrun (each rank rolls out its share of the groups; figures are
 for the whole job):
 
     python bench/posttrain_throughput.py --paradigm ar --preset tiny                       # CPU
@@ -17,6 +24,7 @@ FLOPs are counted as 2 x parameters per token for a forward pass and 6 x for for
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -29,6 +37,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))          # ar_sampler_bench's old path
 
 from rlir.config import from_dict, load_config  # noqa: E402
 from rlir.data.store import EpisodeStore  # noqa: E402
@@ -36,7 +45,8 @@ from rlir.models.idm import IDMConfig, build_idm  # noqa: E402
 from rlir.models.tokenizer import TokenizerConfig, VQTokenizer  # noqa: E402
 from rlir.rl.trainer import GRPOConfig, Posttrainer  # noqa: E402
 from rlir.training.distributed import is_main  # noqa: E402
-from rlir.training.wm_trainer import WMTrainConfig, build_world_model, resolve_model_config, wm_checkpoint_config  # noqa: E402
+from rlir.training.wm_trainer import (WMTrainConfig, build_world_model, load_world_model_checkpoint,  # noqa: E402
+                                      resolve_model_config, wm_checkpoint_config)
 from rlir.utils.checkpoint import save_checkpoint  # noqa: E402
 from rlir.utils.io import atomic_write_json  # noqa: E402
 
@@ -56,6 +66,29 @@ def matmul_rate(device: str, dtype: torch.dtype, n: int) -> float:
         reps += 1
     sync()
     return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def old_path(on: bool):
+    """AR rollouts through the pre-issue-20 sampler while on (the package's `sample` swapped for it)."""
+    if not on:
+        yield
+        return
+    import warnings
+    import rlir.models.ar_world_model as arwm
+    from ar_sampler_bench import old_sample
+    new = arwm.sample
+
+    def sample(model, cfg, codes0, actions, frames, temperature=1.0, top_p=1.0, generator=None):
+        assert temperature == 1.0, "the old sampler drew at temperature 1"
+        return old_sample(model, cfg, codes0, actions, frames, top_p, generator)
+    arwm.sample = sample
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*past_key_values.*")
+            yield
+    finally:
+        arwm.sample = new
 
 
 def synthetic_store(root: Path, resolution, episodes: int = 8, frames: int = 24) -> str:
@@ -91,6 +124,9 @@ def main() -> None:
     p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
                    help="also time the preset with these settings, in the same run, and report its speed-up "
                         "over the baseline (repeatable), e.g. window2:sde_window=2")
+    p.add_argument("--world-model", default=None, help="a trained world-model checkpoint (default: random weights)")
+    p.add_argument("--old-sampler", action="store_true",
+                   help="AR: the baseline rolls out with the pre-issue-20 sampler (variants keep the new one)")
     p.add_argument("--out", default=None, help="JSON (default bench/results/posttrain_throughput_<...>.json)")
     a = p.parse_args()
     torch.manual_seed(a.seed)
@@ -99,33 +135,40 @@ def main() -> None:
     if not codec_yaml.is_file():
         raise SystemExit(f"no codec config {codec_yaml}")
     import yaml
-    tok_cfg = from_dict(TokenizerConfig, yaml.safe_load(codec_yaml.read_text())["model"])
+    if a.old_sampler and a.paradigm != "ar":
+        raise SystemExit("--old-sampler is the AR sampler's old path")
     # every rank builds identical files from the same seeds in its own temp folder (no shared disk needed)
     tmp = Path(tempfile.mkdtemp(prefix=f"rlir_tp{os.environ.get('RANK', '0')}_"))
-    wcfg = WMTrainConfig(paradigm=a.paradigm, preset=a.preset)
-    mcfg = resolve_model_config(wcfg, tok_cfg, {"clip_len": a.frames})
     torch.manual_seed(a.seed)
-    model, codec = build_world_model(mcfg), VQTokenizer(tok_cfg)
+    if a.world_model:
+        model, mcfg, codec = load_world_model_checkpoint(a.world_model, paradigm=a.paradigm)
+        tok_cfg, wm_path = codec.cfg, a.world_model
+    else:
+        tok_cfg = from_dict(TokenizerConfig, yaml.safe_load(codec_yaml.read_text())["model"])
+        mcfg = resolve_model_config(WMTrainConfig(paradigm=a.paradigm, preset=a.preset), tok_cfg, {"clip_len": a.frames})
+        model, codec = build_world_model(mcfg), VQTokenizer(tok_cfg)
+        wm_path = str(tmp / "wm")
+        save_checkpoint(wm_path, wm_checkpoint_config(mcfg, tok_cfg, {}), {"model": model.state_dict(),
+                                                                            "codec": codec.state_dict()})
     n_params = sum(p.numel() for p in model.parameters())
     emb = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
-    save_checkpoint(tmp / "wm", wm_checkpoint_config(mcfg, tok_cfg, {}), {"model": model.state_dict(),
-                                                                         "codec": codec.state_dict()})
     del model
     icfg = IDMConfig(resolution=tuple(tok_cfg.resolution), clip_len=a.frames)
     save_checkpoint(tmp / "idm", {"kind": "idm", "arch": "vpt", "model": asdict(icfg)},
                     {"model": build_idm(icfg).state_dict()})
     data = synthetic_store(tmp / "data", tok_cfg.resolution, frames=a.frames + 8)
-    def measure(extra: list[str]) -> dict:
+    def measure(extra: list[str], old_sampler: bool = False) -> dict:
         cfg = load_config(GRPOConfig, ROOT / "configs" / "posttrain" / f"{a.paradigm}_tiny.yaml",
                           [f"batch_size={a.batch_size}", f"num_generations={a.num_generations}", f"frames={a.frames}",
                            "probe_clips=0", "media_every=0", "save_every=1000000", "eval_every=1000000",
                            f"steps={a.steps + 1}", f"seed={a.seed}", f"precision={a.precision}", f"parallel={a.parallel}",
                            f"activation_checkpointing={a.activation_checkpointing}", "gradient_accumulation_steps=1",
                            *a.set, *extra],
-                          world_model=str(tmp / "wm"), idm=str(tmp / "idm"), data=data, out=tempfile.mkdtemp(dir=tmp),
+                          world_model=wm_path, idm=str(tmp / "idm"), data=data, out=tempfile.mkdtemp(dir=tmp),
                           device=a.device)
         tr = Posttrainer(cfg)
-        rows = [tr.step(s) for s in range(a.steps + 1)][1:]            # step 0 warms up (kernels, caches)
+        with old_path(old_sampler):
+            rows = [tr.step(s) for s in range(a.steps + 1)][1:]        # step 0 warms up (kernels, caches)
         G, B, F = cfg.num_generations, cfg.batch_size, cfg.frames
         n_roll = B * G
         gen_s = float(np.mean([r["generation_time"] for r in rows]))
@@ -163,10 +206,12 @@ def main() -> None:
             "matmul_flops_per_s": rates, "mfu_dtype": step_dtype, "matmul_size": n_mm,
             "mfu": flops / step_s / peak, "mfu_vs_bf16_rate": flops / step_s / rates["bf16"], "steps_timed": a.steps, "settings": list(a.set) + list(extra),
             "trained_sde_steps": tr.policy.n_train_steps if a.paradigm == "diffusion" else None,
+            "world_model": a.world_model or f"{a.preset} preset, random weights",
+            "sampler": "pre-issue-20 (old_sample)" if old_sampler else "current",
         }
         return res
 
-    res = measure([])
+    res = measure(["rollout_precision=fp32", "precision=fp32"] if a.old_sampler else [], a.old_sampler)
     if a.variant:
         variants = {}
         for v in a.variant:
