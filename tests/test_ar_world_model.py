@@ -240,7 +240,8 @@ def test_generate_rejects_the_wrong_checkpoint_kind(tmp_path, capsys):
 def test_sample_token_draws_from_the_scored_distribution():
     """sample_token (top-k head, inverse CDF) draws each token with the probability policy_logprobs gives
     it, returns that log-prob, and never leaves the nucleus; where the top-k head does not hold the
-    nucleus (a flat distribution) the full sort decides, as it always did."""
+    nucleus (a flat distribution) the full sort decides, row by row: a batch mixing peaked and flat rows
+    gets each row's own nucleus."""
     from rlir.models.ar_world_model import NUCLEUS_HEAD, sample_token
     g = torch.Generator().manual_seed(0)
     peaked = torch.randn(1, 1024, generator=g) * 4
@@ -257,3 +258,11 @@ def test_sample_token_draws_from_the_scored_distribution():
     assert torch.isfinite(policy_logprobs(flat, 1024, 1.0, 0.8)).sum() > NUCLEUS_HEAD
     with_sort = torch.log_softmax(peaked, -1).sort(-1, descending=True)[0].exp()
     assert int(((with_sort.cumsum(-1) - with_sort) < 0.8).sum()) == int(torch.isfinite(policy_logprobs(peaked, 1024, 1.0, 0.8)).sum())
+    mixed = torch.cat([peaked, flat, peaked * 0.5, flat * 3])             # rows the head settles and rows it does not
+    together = policy_logprobs(mixed, 1024, 1.0, 0.8)
+    for r in range(len(mixed)):
+        alone = policy_logprobs(mixed[r:r + 1], 1024, 1.0, 0.8)[0]
+        s_ = torch.log_softmax(mixed[r], -1).sort(descending=True)[0].exp()
+        assert int(((s_.cumsum(-1) - s_) < 0.8).sum()) == int(torch.isfinite(together[r]).sum())
+        assert torch.equal(torch.isfinite(together[r]), torch.isfinite(alone))
+        assert torch.allclose(together[r][torch.isfinite(alone)], alone[torch.isfinite(alone)])

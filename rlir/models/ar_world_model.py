@@ -106,24 +106,35 @@ def _visual_logprobs(logits: torch.Tensor, n_codes: int, temperature: float) -> 
     return torch.log_softmax(x if temperature == 1.0 else x / temperature, dim=-1)
 
 
-NUCLEUS_HEAD = 128      # on a CPU the nucleus is looked for among the top 128 tokens first (see _nucleus_head)
+NUCLEUS_HEAD = 128      # on a CPU the nucleus is looked for among the top 128 tokens first (see _nucleus_keep)
 
 
-def _nucleus_head(lp: torch.Tensor, top_p: float):
-    """The distribution's most likely tokens in descending order, enough of them to hold the top-p
-    nucleus: (their log-probs, their ids, which of them are in the nucleus). The nucleus keeps a token
-    while the mass before it is below top_p. On a CPU a top-k of NUCLEUS_HEAD (a third of a full sort's
-    time over 1024 codes) stands in for the sort whenever its mass reaches top_p, so that nothing after
-    it can be kept; otherwise, and on other devices, the full sort."""
+def _nucleus_keep(lp: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Which tokens the top-p nucleus keeps, [..., V] bool: in descending order of probability a token
+    is kept while the mass before it is below top_p (so the most likely one always is).
+
+    On a CPU a top-k of NUCLEUS_HEAD tokens (a third of a sort's time over 1024 codes) settles every row
+    whose head already holds top_p, since nothing after it can be kept; only the rows it does not
+    settle (a flat distribution) are sorted in full. Elsewhere every row is sorted."""
+    flat = lp.reshape(-1, lp.shape[-1])
+    keep = torch.zeros(flat.shape, dtype=torch.bool, device=lp.device)
+    rows = None
     if lp.device.type == "cpu" and lp.shape[-1] > NUCLEUS_HEAD:
-        head, order = lp.topk(NUCLEUS_HEAD, dim=-1)
+        head, order = flat.topk(NUCLEUS_HEAD, dim=-1)
         p = head.exp()
         c = p.cumsum(-1)
-        if bool((c[..., -1] >= top_p).all()):
-            return head, order, (c - p) < top_p
-    head, order = lp.sort(dim=-1, descending=True)
-    p = head.exp()
-    return head, order, (p.cumsum(-1) - p) < top_p       # the most likely token is always kept
+        keep.scatter_(-1, order, (c - p) < top_p)
+        short = c[:, -1] < top_p                                # rows whose nucleus reaches past the head
+        if not bool(short.any()):
+            return keep.view(lp.shape)
+        rows = short.nonzero().squeeze(-1)
+    sub = flat if rows is None else flat[rows]
+    srt, order = sub.sort(dim=-1, descending=True)
+    p = srt.exp()
+    sub_keep = torch.zeros_like(sub, dtype=torch.bool).scatter_(-1, order, (p.cumsum(-1) - p) < top_p)
+    if rows is None:
+        return sub_keep.view(lp.shape)
+    return keep.index_copy_(0, rows, sub_keep).view(lp.shape)
 
 
 def policy_logprobs(logits: torch.Tensor, n_codes: int, temperature: float, top_p: float,
@@ -137,12 +148,21 @@ def policy_logprobs(logits: torch.Tensor, n_codes: int, temperature: float, top_
     if top_p >= 1.0:
         return lp
     with torch.no_grad():   # which tokens are in the nucleus: a selection, not a function to differentiate
-        _, order, keep_sorted = _nucleus_head(lp, top_p)
-        keep = torch.zeros(lp.shape, dtype=torch.bool, device=lp.device).scatter(-1, order, keep_sorted)
+        keep = _nucleus_keep(lp, top_p)
         if taken is not None:
             keep.scatter_(-1, taken.unsqueeze(-1).long(), True)
     lp = lp.masked_fill(~keep, float("-inf"))
     return lp - torch.logsumexp(lp, dim=-1, keepdim=True)   # renormalised over the nucleus
+
+
+def _draw_sorted(head: torch.Tensor, order: torch.Tensor, keep: torch.Tensor, u: torch.Tensor):
+    """Inverse CDF over a nucleus given in descending order (head log-probs, their ids, which are kept):
+    (tokens [R, 1], their log-probs renormalised over the nucleus [R, 1]) for uniforms u [R, 1]."""
+    p = head.exp().masked_fill(~keep, 0.0)
+    c = p.cumsum(-1)
+    last = keep.sum(-1, keepdim=True) - 1            # the nucleus is a prefix of the sorted head
+    i = torch.minimum(torch.searchsorted(c, u * c[:, -1:], right=True), last)
+    return order.gather(-1, i), head.gather(-1, i) - c[:, -1:].log()
 
 
 def sample_token(logits: torch.Tensor, n_codes: int, temperature: float, top_p: float,
@@ -150,21 +170,32 @@ def sample_token(logits: torch.Tensor, n_codes: int, temperature: float, top_p: 
     """One draw per row of logits [B, V] from the distribution `policy_logprobs` describes, and its
     log-prob: (tokens [B, 1], log-probs [B, 1]). By inverse CDF over the sorted nucleus, one uniform per
     row from `generator` (a torch.Generator or GroupGenerators): on a CPU a top-k and a searchsorted cost
-    a fraction of a full sort and a multinomial, per token of every rollout."""
+    a fraction of a full sort and a multinomial, per token of every rollout; only the rows whose nucleus
+    reaches past the top-k head are sorted in full (as `_nucleus_keep` does)."""
     from rlir.utils.rand import rand
     lp = _visual_logprobs(logits, n_codes, temperature)
-    if top_p >= 1.0:                             # no nucleus: the CDF in vocabulary order
-        head, order, p = lp, None, lp.exp()
-        last = torch.full((len(lp), 1), lp.shape[-1] - 1, device=lp.device)
-    else:
-        head, order, keep = _nucleus_head(lp, top_p)
-        p = head.exp().masked_fill(~keep, 0.0)
-        last = keep.sum(-1, keepdim=True) - 1    # the nucleus is a prefix of the sorted head
-    c = p.cumsum(-1)
-    u = rand((len(c), 1), generator, c.device) * c[:, -1:]
-    i = torch.minimum(torch.searchsorted(c, u, right=True), last)
-    tok = i if order is None else order.gather(-1, i)
-    return tok, head.gather(-1, i) - c[:, -1:].log()     # renormalised over the nucleus
+    u = rand((len(lp), 1), generator, lp.device)
+    if top_p >= 1.0:                                 # no nucleus: the CDF in vocabulary order
+        c = lp.exp().cumsum(-1)
+        i = torch.searchsorted(c, u * c[:, -1:], right=True).clamp(max=lp.shape[-1] - 1)
+        return i, lp.gather(-1, i) - c[:, -1:].log()
+    rows = None
+    if lp.device.type == "cpu" and lp.shape[-1] > NUCLEUS_HEAD:
+        head, order = lp.topk(NUCLEUS_HEAD, dim=-1)
+        p = head.exp()
+        c = p.cumsum(-1)
+        tok, tok_lp = _draw_sorted(head, order, (c - p) < top_p, u)
+        short = c[:, -1] < top_p                                  # the head does not hold their nucleus
+        if not bool(short.any()):
+            return tok, tok_lp
+        rows = short.nonzero().squeeze(-1)
+    sub = lp if rows is None else lp[rows]
+    head, order = sub.sort(dim=-1, descending=True)
+    p = head.exp()
+    t, t_lp = _draw_sorted(head, order, (p.cumsum(-1) - p) < top_p, u if rows is None else u[rows])
+    if rows is None:
+        return t, t_lp
+    return tok.index_copy(0, rows, t), tok_lp.index_copy(0, rows, t_lp)
 
 
 @dataclass
