@@ -106,35 +106,43 @@ def _visual_logprobs(logits: torch.Tensor, n_codes: int, temperature: float) -> 
     return torch.log_softmax(x if temperature == 1.0 else x / temperature, dim=-1)
 
 
-NUCLEUS_HEAD = 128      # on a CPU the nucleus is looked for among the top 128 tokens first (see _nucleus_keep)
+NUCLEUS_HEAD = 128      # on a CPU the nucleus is looked for among the top 128 tokens first (see _sorted_nuclei)
 
 
-def _nucleus_keep(lp: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Which tokens the top-p nucleus keeps, [..., V] bool: in descending order of probability a token
-    is kept while the mass before it is below top_p (so the most likely one always is).
+def _sorted_nuclei(flat: torch.Tensor, top_p: float) -> list:
+    """The top-p nucleus of each row of log-probs [R, V], in descending order of probability: parts
+    (rows, log-probs, their ids, kept), rows None for all rows, a later part replacing an earlier one on
+    its rows. A token is kept while the mass before it is below top_p (the most likely one always is).
 
     On a CPU a top-k of NUCLEUS_HEAD tokens (a third of a sort's time over 1024 codes) settles every row
     whose head already holds top_p, since nothing after it can be kept; only the rows it does not
     settle (a flat distribution) are sorted in full. Elsewhere every row is sorted."""
-    flat = lp.reshape(-1, lp.shape[-1])
-    keep = torch.zeros(flat.shape, dtype=torch.bool, device=lp.device)
-    rows = None
-    if lp.device.type == "cpu" and lp.shape[-1] > NUCLEUS_HEAD:
+    parts, rows, sub = [], None, flat
+    if flat.device.type == "cpu" and flat.shape[-1] > NUCLEUS_HEAD:
         head, order = flat.topk(NUCLEUS_HEAD, dim=-1)
         p = head.exp()
         c = p.cumsum(-1)
-        keep.scatter_(-1, order, (c - p) < top_p)
+        parts.append((None, head, order, (c - p) < top_p))
         short = c[:, -1] < top_p                                # rows whose nucleus reaches past the head
         if not bool(short.any()):
-            return keep.view(lp.shape)
+            return parts
         rows = short.nonzero().squeeze(-1)
-    sub = flat if rows is None else flat[rows]
+        sub = flat[rows]
     srt, order = sub.sort(dim=-1, descending=True)
     p = srt.exp()
-    sub_keep = torch.zeros_like(sub, dtype=torch.bool).scatter_(-1, order, (p.cumsum(-1) - p) < top_p)
-    if rows is None:
-        return sub_keep.view(lp.shape)
-    return keep.index_copy_(0, rows, sub_keep).view(lp.shape)
+    return parts + [(rows, srt, order, (p.cumsum(-1) - p) < top_p)]
+
+
+def _nucleus_keep(lp: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Which tokens the top-p nucleus keeps, [..., V] bool."""
+    flat = lp.reshape(-1, lp.shape[-1])
+    keep = torch.zeros(flat.shape, dtype=torch.bool, device=lp.device)
+    for rows, _, order, kept in _sorted_nuclei(flat, top_p):
+        if rows is None:
+            keep.scatter_(-1, order, kept)
+        else:
+            keep.index_copy_(0, rows, torch.zeros_like(keep[rows]).scatter_(-1, order, kept))
+    return keep.view(lp.shape)
 
 
 def policy_logprobs(logits: torch.Tensor, n_codes: int, temperature: float, top_p: float,
@@ -171,7 +179,7 @@ def sample_token(logits: torch.Tensor, n_codes: int, temperature: float, top_p: 
     log-prob: (tokens [B, 1], log-probs [B, 1]). By inverse CDF over the sorted nucleus, one uniform per
     row from `generator` (a torch.Generator or GroupGenerators): on a CPU a top-k and a searchsorted cost
     a fraction of a full sort and a multinomial, per token of every rollout; only the rows whose nucleus
-    reaches past the top-k head are sorted in full (as `_nucleus_keep` does)."""
+    reaches past the top-k head are sorted in full (`_sorted_nuclei`)."""
     from rlir.utils.rand import rand
     lp = _visual_logprobs(logits, n_codes, temperature)
     u = rand((len(lp), 1), generator, lp.device)
@@ -179,23 +187,12 @@ def sample_token(logits: torch.Tensor, n_codes: int, temperature: float, top_p: 
         c = lp.exp().cumsum(-1)
         i = torch.searchsorted(c, u * c[:, -1:], right=True).clamp(max=lp.shape[-1] - 1)
         return i, lp.gather(-1, i) - c[:, -1:].log()
-    rows = None
-    if lp.device.type == "cpu" and lp.shape[-1] > NUCLEUS_HEAD:
-        head, order = lp.topk(NUCLEUS_HEAD, dim=-1)
-        p = head.exp()
-        c = p.cumsum(-1)
-        tok, tok_lp = _draw_sorted(head, order, (c - p) < top_p, u)
-        short = c[:, -1] < top_p                                  # the head does not hold their nucleus
-        if not bool(short.any()):
-            return tok, tok_lp
-        rows = short.nonzero().squeeze(-1)
-    sub = lp if rows is None else lp[rows]
-    head, order = sub.sort(dim=-1, descending=True)
-    p = head.exp()
-    t, t_lp = _draw_sorted(head, order, (p.cumsum(-1) - p) < top_p, u if rows is None else u[rows])
-    if rows is None:
-        return t, t_lp
-    return tok.index_copy(0, rows, t), tok_lp.index_copy(0, rows, t_lp)
+    (_, head, order, kept), *rest = _sorted_nuclei(lp, top_p)          # the first part covers every row
+    tok, tok_lp = _draw_sorted(head, order, kept, u)
+    for rows, head, order, kept in rest:                               # rows the top-k head did not settle
+        t, t_lp = _draw_sorted(head, order, kept, u[rows])
+        tok, tok_lp = tok.index_copy(0, rows, t), tok_lp.index_copy(0, rows, t_lp)
+    return tok, tok_lp
 
 
 @dataclass
