@@ -85,7 +85,7 @@ def cmd_idm_eval(a) -> int:
     from rlir.data.store import EpisodeStore
     from rlir.eval.action_metrics import format_metrics
     from rlir.errors import ConfigError
-    from rlir.training.idm_trainer import evaluate_idm, load_idm, subset_ids
+    from rlir.training.idm_trainer import evaluate_idm, load_idm, load_reward_idm, subset_ids
     from rlir.utils.io import atomic_write_json
     if a.own_subset and a.split != "train":
         raise ConfigError("--own-subset scores an IDM on its own training episodes: use it with --split train")
@@ -94,7 +94,8 @@ def cmd_idm_eval(a) -> int:
     for role, path in (("reward_idm", a.idm), ("judge_idm", a.judge)):
         if not path:
             continue
-        model, cfg = load_idm(path, device=a.device)
+        # the reward IDM may be an ensemble "a,b", read as posttrain reads it
+        model, cfg = (load_reward_idm if role == "reward_idm" else load_idm)(path, device=a.device)
         if model.cfg.arch == "vpt" and a.clip_len > model.cfg.clip_len:
             raise ConfigError(f"--clip-len {a.clip_len} is longer than the {role.replace('_', ' ')}'s clip length "
                               f"{model.cfg.clip_len} ({path})")
@@ -274,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(it, "configs/idm/tiny.yaml", "steps=3000")
     it.set_defaults(func=cmd_idm_train)
     ie = isub.add_parser("eval", parents=[common], help="action metrics of IDMs on real clips (the post-training upper bound)")
-    ie.add_argument("--idm", required=True, help="reward IDM checkpoint")
+    ie.add_argument("--idm", required=True, help="reward IDM checkpoint, or several separated by commas (an ensemble)")
     ie.add_argument("--judge", help="judge IDM checkpoint")
     ie.add_argument("--data", required=True)
     ie.add_argument("--split", default="test", choices=["train", "val", "test"])
@@ -428,7 +429,8 @@ def outputs_of(a) -> tuple[list, list, list[str]]:
     if f is cmd_data_convert_vpt:
         return [Output(out, "OUT_DIR")], [Input(a.src, "SRC_DIR")], [out]
     if f is cmd_idm_eval:
-        ins = [Input(a.data, "--data"), Input(a.idm, "--idm", False), Input(a.judge, "--judge", False)]
+        ins = [Input(a.data, "--data"), *[Input(p, "--idm", False) for p in (a.idm or "").split(",")],
+               Input(a.judge, "--judge", False)]
         return ([Output(out, "--out", "file")] if out else []), ins, []
     if f in (cmd_idm_train, cmd_tokenizer_train):
         return [Output(out)], [Input(a.data, "--data")], [out]

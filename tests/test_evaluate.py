@@ -242,6 +242,21 @@ def test_world_model_of_another_resolution_is_a_one_line_error(tmp_path, capsys)
     assert code == 2 and "\n" not in err and "12x16" in err and "world model takes 16x16" in err, err
 
 
+def test_idm_eval_reads_a_reward_idm_ensemble(setup, tmp_path):
+    """`idm eval --idm A,B` scores the ensemble posttrain would read: A with itself is A; a missing member
+    is named."""
+    s = setup
+    base = ["-q", "idm", "eval", "--data", str(s["root"] / "data"), "--clip-len", str(T)]
+    assert main([*base, "--idm", s["idm"], "--out", str(tmp_path / "one.json")]) == 0
+    assert main([*base, "--idm", f"{s['idm']},{s['idm']}", "--out", str(tmp_path / "two.json")]) == 0
+    one, two = (json.loads((tmp_path / f).read_text())["reward_idm"] for f in ("one.json", "two.json"))
+    assert two["n_clips"] == one["n_clips"] == 12
+    for k, v in one["metrics"].items():
+        assert two["metrics"][k] == pytest.approx(v, abs=1e-6), k
+    assert two["checkpoint"] == f"{s['idm']},{s['idm']}"
+    assert main([*base, "--idm", f"{s['idm']},{tmp_path / 'nope'}"]) != 0
+
+
 def test_idm_eval_on_its_own_training_subset(setup, tmp_path):
     """`--own-subset` scores each IDM on the training recordings it learned from (train ~ test: underfit)."""
     from rlir.training.idm_trainer import subset_ids
