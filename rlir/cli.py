@@ -418,6 +418,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _idm_inputs(spec: str | None) -> list:
+    """--idm as an input: one checkpoint, or each member of an ensemble "a,b"."""
+    from rlir.utils.output_guard import Input
+    return [Input(p, "--idm", False) for p in (spec or "").split(",")]
+
+
 def outputs_of(a) -> tuple[list, list, list[str]]:
     """What a command writes (Output), what it reads (Input) and the folders it locks while it runs."""
     from rlir.utils.output_guard import Input, Output
@@ -429,8 +435,7 @@ def outputs_of(a) -> tuple[list, list, list[str]]:
     if f is cmd_data_convert_vpt:
         return [Output(out, "OUT_DIR")], [Input(a.src, "SRC_DIR")], [out]
     if f is cmd_idm_eval:
-        ins = [Input(a.data, "--data"), *[Input(p, "--idm", False) for p in (a.idm or "").split(",")],
-               Input(a.judge, "--judge", False)]
+        ins = [Input(a.data, "--data"), *_idm_inputs(a.idm), Input(a.judge, "--judge", False)]
         return ([Output(out, "--out", "file")] if out else []), ins, []
     if f in (cmd_idm_train, cmd_tokenizer_train):
         return [Output(out)], [Input(a.data, "--data")], [out]
@@ -441,7 +446,7 @@ def outputs_of(a) -> tuple[list, list, list[str]]:
         return [Output(out)], [Input(a.data, "--data"), Input(a.world_model, "--world-model", False)], [out]
     if f is cmd_posttrain:
         return [Output(out)], [Input(a.data, "--data"), Input(a.world_model, "--world-model", False),
-                               *[Input(p, "--idm", False) for p in (a.idm or "").split(",")],   # an ensemble: a,b
+                               *_idm_inputs(a.idm),
                                Input(a.judge, "--judge", False)], [out]
     if f is cmd_evaluate:
         ins = [Input(a.data, "--data"), Input(a.idm, "--idm", False), Input(a.judge, "--judge", False),
