@@ -72,60 +72,6 @@ def test_kv_decoder_matches_the_full_forward():
     assert (half(ids).float() - full[:, 19]).abs().max() < 0.1
 
 
-BCFG = ARConfig(n_codes=32, tokens_per_frame=6, clip_len=5, d_model=32, mlp=64, n_heads=4, n_layers=2,
-                action_broadcast=True)
-
-
-def test_action_broadcast_adds_each_action_to_the_frame_it_leads_to():
-    """x_i = E[id_i] + mean of a_t's 9 group-token embeddings at a_t's aEOS and the visual tokens after it;
-    frame 0 and the other action tokens are plain embeddings; the weights and their key are unchanged."""
-    torch.manual_seed(0)
-    model = build_llama(BCFG)
-    assert set(model.state_dict()) == set(build_llama(CFG).state_dict())
-    g = torch.Generator().manual_seed(2)
-    codes = torch.randint(0, BCFG.n_codes, (2, 3, BCFG.tokens_per_frame), generator=g)
-    acts = torch.stack([torch.randint(0, 2, (2, 2), generator=g) for _ in range(9)], -1)
-    ids, vis = interleave(codes, acts, BCFG.n_codes)
-    emb = model.model.embed_tokens
-    E, x = emb.weight, emb(ids)
-    N, blk = BCFG.tokens_per_frame, BCFG.block
-    assert torch.equal(x[:, :N + TOKENS_PER_ACTION - 1], E[ids[:, :N + TOKENS_PER_ACTION - 1]])
-    for t in range(2):
-        a = E[ids[:, t * blk + N + 1: t * blk + N + 10]].mean(1)                 # a_t's group tokens
-        span = slice(t * blk + N + TOKENS_PER_ACTION - 1, (t + 1) * blk + N)      # its aEOS .. frame t+1
-        assert torch.allclose(x[:, span], E[ids[:, span]] + a[:, None], atol=1e-6)
-        if t == 0:   # a_1's aBOS and group tokens get nothing
-            rest = slice((t + 1) * blk + N, (t + 1) * blk + N + TOKENS_PER_ACTION - 1)
-            assert torch.equal(x[:, rest], E[ids[:, rest]])
-
-
-def test_action_broadcast_decoder_matches_the_full_forward_and_sampler_agrees():
-    from rlir.models.kv_decoder import KVDecoder
-    torch.manual_seed(0)
-    model = build_llama(BCFG).eval()
-    g = torch.Generator().manual_seed(3)
-    codes0 = torch.randint(0, BCFG.n_codes, (3, BCFG.tokens_per_frame), generator=g)
-    acts = torch.stack([torch.randint(0, 2, (3, BCFG.clip_len - 1), generator=g) for _ in range(9)], -1)
-    r = sample(model, BCFG, codes0, acts, top_p=0.8, generator=g)
-    lp = score(model, BCFG, r.tokens, r.mask, top_p=0.8)
-    assert (lp - r.logps).abs().max().item() < 1e-4
-    full = model(input_ids=r.tokens).logits.float()
-    dec, n0 = KVDecoder(model, 3, r.tokens.shape[1]), BCFG.tokens_per_frame + 3
-    assert torch.allclose(dec(r.tokens[:, :n0]), full[:, n0 - 1], atol=1e-5)
-    for i in range(n0, 40):     # token by token, through an action block fed one token at a time
-        assert torch.allclose(dec(r.tokens[:, i:i + 1]), full[:, i], atol=1e-5)
-    dec.reset()
-    assert torch.allclose(dec(r.tokens[:, :30]), full[:, 29], atol=1e-5)
-    # the action reaches the next frame's first token directly: change a_0, its logits change
-    other = r.tokens.clone()
-    other[:, BCFG.tokens_per_frame + 1] = BCFG.n_codes + 1 - (other[:, BCFG.tokens_per_frame + 1] - BCFG.n_codes)
-    plain = build_llama(CFG).eval()
-    plain.load_state_dict(model.state_dict())
-    j = BCFG.tokens_per_frame + TOKENS_PER_ACTION - 1
-    moved = lambda m: (m(input_ids=other[:, :j + 1]).logits[:, j] - m(input_ids=r.tokens[:, :j + 1]).logits[:, j]).abs().sum()  # noqa: E731
-    assert moved(model) > moved(plain)
-
-
 def test_mask_excludes_action_tokens_and_prompt():
     model = _model()
     r, _, _ = _rollout(model)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from rlir.actions import ACTION_EOS, ACTION_VOCAB_SIZE, N_GROUPS, TOKENS_PER_ACTION, actions_to_tokens
+from rlir.actions import ACTION_VOCAB_SIZE, TOKENS_PER_ACTION, actions_to_tokens
 
 # d_model / mlp / heads / layers: the paper's Table 4 (MineWorld's configurations).
 PRESETS = {
@@ -41,7 +41,6 @@ class ARConfig:
     n_heads: int = 4
     n_layers: int = 4
     rope_theta: float = 10000.0
-    action_broadcast: bool = False   # also add each action's embedding to the frame it leads to (see below)
 
     def validate(self) -> None:
         from rlir.errors import ConfigError
@@ -70,52 +69,7 @@ def build_llama(cfg: ARConfig):
                      rope_theta=cfg.rope_theta, attention_dropout=0.0, tie_word_embeddings=False,
                      bos_token_id=None, eos_token_id=None, pad_token_id=None)
     lc._attn_implementation = "sdpa"
-    model = LlamaForCausalLM(lc)
-    if cfg.action_broadcast:       # same weight, same state-dict key: only the forward differs
-        old = model.model.embed_tokens
-        new = ActionBroadcastEmbedding(old.num_embeddings, old.embedding_dim, n_codes=cfg.n_codes)
-        new.weight = old.weight
-        model.model.embed_tokens = new
-    return model
-
-
-class ActionBroadcastEmbedding(torch.nn.Embedding):
-    """The token embedding, plus each action's embedding broadcast onto the frame it leads to.
-
-    With actions only as tokens, a frame's tokens must learn to attend to the 11 tokens before it to
-    read the action; early in training the model learns to copy the previous frame first and the
-    action's effect late. Here the input at a_t's aEOS and at every visual token of frame t+1 (the
-    positions whose outputs predict frame t+1) also carries the mean of a_t's 9 group-token embeddings,
-    as DiT-style models condition every token on the action (no new weights):
-
-        x_i = E[id_i] + 1[i is aEOS or visual] * mean_{g=1..9} E[a_t,g],   t = the last action ending at or before i
-
-    The layout is read from the ids (action tokens are >= n_codes), so a whole sequence and a KV
-    decoder fed a few tokens at a time (`embed` with the carried-over action) give the same inputs."""
-
-    def __init__(self, num_embeddings: int, embedding_dim: int, n_codes: int):
-        super().__init__(num_embeddings, embedding_dim)
-        self.n_codes = n_codes
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.embed(ids)[0]
-
-    def embed(self, ids: torch.Tensor, carry: tuple | None = None):
-        """ids [B, n] -> (inputs [B, n, d], carry). `carry` is what a previous call on the same sequence
-        returned (the action in effect and the last 9 embeddings), None at position 0."""
-        x = super().forward(ids)
-        B, n, d = x.shape
-        cur, tail = carry if carry is not None else (x.new_zeros(B, d), x.new_zeros(B, N_GROUPS, d))
-        xt = torch.cat([tail, x], 1)
-        # at each position, the mean of the 9 embeddings before it: a_t's group tokens where it is a_t's aEOS
-        win = F.avg_pool1d(xt.transpose(1, 2), N_GROUPS, 1)[..., :n].transpose(1, 2)
-        is_eos = ids == self.n_codes + ACTION_EOS
-        pos = torch.arange(n, device=ids.device).expand(B, n)
-        last = torch.where(is_eos, pos, torch.full_like(pos, -1)).cummax(1).values    # last aEOS at or before i
-        cond = win.gather(1, last.clamp(min=0).unsqueeze(-1).expand(B, n, d))
-        cond = torch.where((last >= 0).unsqueeze(-1), cond, cur[:, None].expand(B, n, d))
-        on = (ids < self.n_codes) | is_eos
-        return x + cond * on.unsqueeze(-1).to(x.dtype), (cond[:, -1], xt[:, -N_GROUPS:])
+    return LlamaForCausalLM(lc)
 
 
 def action_tokens(actions, n_codes: int, device) -> torch.Tensor:

@@ -94,11 +94,6 @@ class KVDecoder:
         self.v = [torch.zeros(batch, self.kv_heads, max_len, hd, dtype=torch.float32, device=p.device)
                   for _ in lm.layers]
         self.pos, self.max_len, self.batch = 0, max_len, batch
-        self.carry = None        # an ActionBroadcastEmbedding's state at self.pos (the action in effect)
-
-    def reset(self) -> None:
-        """Start over at position 0 (the buffers are reused)."""
-        self.pos, self.carry = 0, None
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         """ids [B, n] at positions pos..pos+n-1 -> logits of the last position [B, V] (float32).
@@ -120,10 +115,7 @@ class KVDecoder:
         if n > 1:
             mask = torch.ones(n, e, dtype=torch.bool, device=ids.device).tril(s)
         rep = H // KH
-        if hasattr(lm.embed_tokens, "embed"):              # ActionBroadcastEmbedding carries the action across calls
-            x, self.carry = lm.embed_tokens.embed(ids, self.carry)
-        else:
-            x = lm.embed_tokens(ids)
+        x = lm.embed_tokens(ids)
         for L, kt, vc in zip(self.layers, self.kt, self.v):
             h = F.rms_norm(x, x.shape[-1:], *L["n1"])
             qk, v = _linear(h, L["qkv"], L["qkv_b"]).view(B, n, H + 2 * KH, hd).split([H + KH, KH], dim=2)

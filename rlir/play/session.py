@@ -216,7 +216,7 @@ class ARSession(PlaySession):
         cfg = self.pm.cfg
         if not hasattr(self, "dec"):              # one buffer for the whole clip, reused at every slide
             self.dec = KVDecoder(self.pm.model, 1, cfg.seq_len(cfg.clip_len))
-        self.dec.reset()
+        self.dec.pos = 0
         codes, acts = torch.stack(self.window, 1), self._between()              # [1, K, N], [1, K-1, 9]
         tokens, _ = interleave(codes, acts, cfg.n_codes)
         self.dec(tokens)                          # its logits would follow a frame; the next token follows an action
