@@ -211,7 +211,10 @@ def cmd_demo(a) -> int:
     """The main job on the embedded default: data, IDMs, world model(s), RLIR, evaluation, report."""
     from rlir.config import load_config
     from rlir.demo import DemoConfig, run_demo
-    cfg = load_config(DemoConfig, "configs/demo/smoke.yaml" if a.smoke else None, a.overrides, run=a.run,
+    from rlir.errors import ConfigError
+    if a.smoke and a.config:
+        raise ConfigError("--smoke and --config both name the demo's settings: give one")
+    cfg = load_config(DemoConfig, "configs/demo/smoke.yaml" if a.smoke else a.config, a.overrides, run=a.run,
                       paradigm=a.paradigm, episodes=a.episodes)
     res = run_demo(cfg, collect_config=a.collect_config, progress=not a.quiet)
     from rlir.eval.evaluate import PSNR_CAP_DB
@@ -406,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--paradigm", choices=["ar", "diffusion", "both"], help="world model(s) to build (default ar)")
     m.add_argument("--episodes", type=int, help="ViZDoom recordings to collect (default 200)")
     m.add_argument("--smoke", action="store_true", help="a fast, small version (minutes; checks the plumbing)")
+    m.add_argument("--config", help="YAML of demo settings, e.g. configs/demo/gain_2h.yaml (the budget at which "
+                                    "RLIR's gain shows on a 2-core CPU, about two hours)")
     m.add_argument("--collect-config", help="YAML for the collector (default: its built-in tiny settings)")
     m.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a demo setting, e.g. --set wm_minutes=20 (see rlir/demo.py: DemoConfig)")

@@ -28,3 +28,15 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path, capsys):
     assert main(["-q", "demo", "--smoke", "--run", str(run), *FAST]) == 0     # second run: all cached
     out = capsys.readouterr().out
     assert out.count(": cached") == 9 and "..." not in out
+
+
+def test_demo_presets_load_and_smoke_excludes_config(capsys):
+    from rlir.config import load_config
+    from rlir.demo import DemoConfig
+    gain = load_config(DemoConfig, "configs/demo/gain_2h.yaml", [])
+    gain.validate()
+    assert gain.wm_minutes > DemoConfig().wm_minutes and gain.posttrain_minutes >= 60 and gain.eval_clips >= 96
+    smoke = load_config(DemoConfig, "configs/demo/smoke.yaml", [])
+    smoke.validate()
+    assert main(["demo", "--smoke", "--config", "configs/demo/gain_2h.yaml"]) == 2
+    assert "give one" in capsys.readouterr().err
