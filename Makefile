@@ -3,6 +3,7 @@ PY      ?= python3
 VENV    ?= .venv
 TORCH   ?= torch==2.13.0
 BIN     := $(VENV)/bin
+DEMO    ?=
 
 .PHONY: setup browser demo smoke test bench clean
 
@@ -25,8 +26,9 @@ browser:
 
 setup: $(VENV)/.installed browser
 
+# make demo DEMO="--config configs/demo/gain_2h.yaml": the two-hour budget at which RLIR's gain shows
 demo: setup
-	$(BIN)/rlir demo
+	$(BIN)/rlir demo $(DEMO)
 
 smoke: setup
 	$(BIN)/rlir demo --smoke --run runs/smoke
