@@ -26,7 +26,7 @@ browser:
 
 setup: $(VENV)/.installed browser
 
-# make demo DEMO="--config configs/demo/gain_2h.yaml": the two-hour budget at which RLIR's gain shows
+# make demo DEMO="--config configs/demo/gain_2h.yaml": the two-hour budget of the component runs where RLIR gained
 demo: setup
 	$(BIN)/rlir demo $(DEMO)
 

@@ -409,8 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--paradigm", choices=["ar", "diffusion", "both"], help="world model(s) to build (default ar)")
     m.add_argument("--episodes", type=int, help="ViZDoom recordings to collect (default 200)")
     m.add_argument("--smoke", action="store_true", help="a fast, small version (minutes; checks the plumbing)")
-    m.add_argument("--config", help="YAML of demo settings, e.g. configs/demo/gain_2h.yaml (the budget at which "
-                                    "RLIR's gain shows on a 2-core CPU, about two hours)")
+    m.add_argument("--config", help="YAML of demo settings, e.g. configs/demo/gain_2h.yaml (the two-hour budget of "
+                                    "the component runs where RLIR gained)")
     m.add_argument("--collect-config", help="YAML for the collector (default: its built-in tiny settings)")
     m.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a demo setting, e.g. --set wm_minutes=20 (see rlir/demo.py: DemoConfig)")
