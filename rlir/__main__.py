@@ -1,5 +1,3 @@
-import sys
+from rlir.cli import entry
 
-from rlir.cli import main
-
-sys.exit(main())
+entry()

@@ -496,9 +496,13 @@ def _run_guarded(args, argv: list[str]) -> int:
 
 def _leave_together() -> None:
     """Under torchrun, ranks meet before the process group goes: a rank that tears gloo down while
-    another still holds a connection aborts at exit ("terminate called without an active exception")."""
+    another still holds a connection aborts at exit ("terminate called without an active exception").
+    The command's models go first: FSDP keeps collective handles that must not outlive the group."""
+    import gc
+
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
 
@@ -534,5 +538,19 @@ def main(argv: list[str] | None = None) -> int:
             dist.destroy_process_group()
 
 
+def entry() -> None:
+    """The `rlir` command. Under torchrun a rank leaves with os._exit once its work is written and the
+    group destroyed: gloo's worker threads can still be torn down during interpreter finalization,
+    which aborts the process (SIGABRT; seen once in CI, on the FSDP post-training test) after a job that
+    succeeded, and torchrun then reports the whole job failed."""
+    rc = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    sys.exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
