@@ -92,7 +92,10 @@ def main() -> None:
         if not path:
             continue
         model, cfg = load_reward_idm(path) if role == "reward_idm" else load_idm(path)   # "a,b": an ensemble
-        out = {"checkpoint": path, "arch": cfg["arch"], "flow": bool(cfg["model"].get("flow", False)), "sensitivity": {}, "ranking": {}}
+        members = getattr(model, "members", [model])        # an ensemble reports each member's input
+        out = {"checkpoint": path, "arch": [m.cfg.arch for m in members] if len(members) > 1 else cfg["arch"],
+               "flow": [bool(getattr(m.cfg, "flow", False)) for m in members] if len(members) > 1
+               else bool(getattr(model.cfg, "flow", False)), "sensitivity": {}, "ranking": {}}
         # f1_gain is a share of a batch's pooled F1: the set's pooled shown-group F1 is what it climbs
         f1 = {}
         for kind, f in videos.items():

@@ -5,7 +5,7 @@ import torch
 
 from rlir.actions import N_CLASSES
 from rlir.data.sampler import ClipSampler
-from rlir.data.store import EpisodeStore
+from rlir.data.store import EpisodeStore, read_episode
 from rlir.errors import RlirError
 from rlir.models.idm import IDMConfig, build_idm
 from rlir.rl.rewards import InverseReward, inverse_reward
@@ -205,5 +205,12 @@ def test_aux_motion_head_trains_on_recorded_motion(tmp_path):
     cfg2 = IDMTrainConfig(**{**cfg.__dict__, "data": str(tmp_path / "p"), "out": str(tmp_path / "run2")})
     with pytest.raises(RlirError, match="no recorded motion"):
         train_idm(cfg2, progress=False)
+    # a file written before the motion array existed (frames, actions, camera_deg only) still loads
+    old = make_episode(20, seed=9)
+    f = next((tmp_path / "p").glob("r0*.npz"))
+    np.savez_compressed(f, frames=old.frames, actions=old.actions, camera_deg=old.camera_deg)
+    assert set(np.load(f).files) == {"frames", "actions", "camera_deg"}
+    back = read_episode(f)
+    assert back.motion is None and np.array_equal(back.frames, old.frames)
     with pytest.raises(RlirError, match="aux_motion"):
         IDMConfig(arch="cnn3d", aux_motion=1.0).validate()
