@@ -57,6 +57,24 @@ def old_policy_logprobs(logits, n_codes: int, top_p: float) -> torch.Tensor:
     return lp - torch.logsumexp(lp, dim=-1, keepdim=True)
 
 
+def old_score(model, cfg: ARConfig, tokens, mask, temperature: float = 1.0, top_p: float = 0.8) -> torch.Tensor:
+    """The pre-issue-20 scorer: logits at every position, the nucleus by a full sort of every row
+    (the rollout's own token kept in it), log-probs over the whole vocabulary, then masked."""
+    logits = model(input_ids=tokens[:, :-1]).logits
+    target = tokens[:, 1:].clamp(max=cfg.n_codes - 1)
+    lp = torch.log_softmax(logits[..., : cfg.n_codes].float() / temperature, dim=-1)
+    if top_p < 1.0:
+        with torch.no_grad():
+            srt, order = lp.sort(dim=-1, descending=True)
+            keep = torch.zeros_like(srt, dtype=torch.bool).scatter(-1, order, srt.exp().cumsum(-1) - srt.exp() < top_p)
+            keep.scatter_(-1, target.unsqueeze(-1), True)
+        lp = lp.masked_fill(~keep, float("-inf"))
+        lp = lp - torch.logsumexp(lp, dim=-1, keepdim=True)
+    taken = lp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    taken = torch.where(mask[:, 1:] > 0, taken, torch.zeros_like(taken))
+    return torch.cat([torch.zeros_like(taken[:, :1]), taken], 1)
+
+
 @torch.no_grad()
 def old_sample(model, cfg: ARConfig, codes0, actions, frames, top_p=0.8, generator=None):
     """The pre-issue-20 sampler: transformers' DynamicCache through `past_key_values`, one token a call."""

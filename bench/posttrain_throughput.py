@@ -9,7 +9,8 @@ on a random model's flat one, so AR rollout figures depend on the weights.
 
 `--old-sampler` (AR) makes the baseline the path before the speed work of issue 20: the
 pre-issue-20 sampler (transformers' growing `past_key_values` cache, a full sort of the vocabulary at
-every token; `bench/ar_sampler_bench.py`'s `old_sample`) with float32 rollouts and training, so a
+every token; `bench/ar_sampler_bench.py`'s `old_sample`) and scorer (logits at every position, a full
+sort of every row; `old_score`) with float32 rollouts and training, so a
 `--variant` is timed against the old path in the same run. Works under torchrun (each rank rolls out its share of the groups; figures are
 for the whole job):
 
@@ -70,25 +71,26 @@ def matmul_rate(device: str, dtype: torch.dtype, n: int) -> float:
 
 @contextlib.contextmanager
 def old_path(on: bool):
-    """AR rollouts through the pre-issue-20 sampler while on (the package's `sample` swapped for it)."""
+    """AR rollouts and training through the pre-issue-20 sampler and scorer while on (the package's
+    `sample` and `score` swapped for them)."""
     if not on:
         yield
         return
     import warnings
     import rlir.models.ar_world_model as arwm
-    from ar_sampler_bench import old_sample
-    new = arwm.sample
+    from ar_sampler_bench import old_sample, old_score
+    new, new_score = arwm.sample, arwm.score
 
     def sample(model, cfg, codes0, actions, frames, temperature=1.0, top_p=1.0, generator=None):
         assert temperature == 1.0, "the old sampler drew at temperature 1"
         return old_sample(model, cfg, codes0, actions, frames, top_p, generator)
-    arwm.sample = sample
+    arwm.sample, arwm.score = sample, old_score
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*past_key_values.*")
             yield
     finally:
-        arwm.sample = new
+        arwm.sample, arwm.score = new, new_score
 
 
 def synthetic_store(root: Path, resolution, episodes: int = 8, frames: int = 24) -> str:

@@ -47,6 +47,8 @@ def test_sampler_and_scorer_agree(top_p, temperature):
     assert torch.isfinite(lp).all()
     assert (lp - r.logps).abs().max().item() < 1e-4
     assert (r.logps[r.mask > 0] < 0).all()                   # real log-probs where generated
+    from bench.ar_sampler_bench import old_score             # the throughput bench's baseline scores the same
+    assert (old_score(model, CFG, r.tokens, r.mask, temperature, top_p) - lp).abs().max().item() < 1e-5
 
 
 def test_kv_decoder_matches_the_full_forward():
@@ -266,3 +268,22 @@ def test_sample_token_draws_from_the_scored_distribution():
         assert int(((s_.cumsum(-1) - s_) < 0.8).sum()) == int(torch.isfinite(together[r]).sum())
         assert torch.equal(torch.isfinite(together[r]), torch.isfinite(alone))
         assert torch.allclose(together[r][torch.isfinite(alone)], alone[torch.isfinite(alone)])
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 0.8), (0.7, 0.9), (1.0, 1.0)])
+def test_taken_logprobs_are_policy_logprobs_with_the_same_gradient(temperature, top_p):
+    """The scorer's sparse path (the nucleus' logsumexp from the sorted head) gives the log-prob and the
+    gradient of policy_logprobs(...).gather(taken), on rows the head settles, rows it does not (flat),
+    and taken tokens outside the nucleus (kept in it, as policy_logprobs' `taken` does)."""
+    from rlir.models.ar_world_model import taken_logprobs
+    g = torch.Generator().manual_seed(0)
+    logits = torch.cat([torch.randn(5, 1030, generator=g) * 4, torch.randn(3, 1030, generator=g) * 0.1])
+    taken = torch.cat([logits[:4, :1024].argmax(-1), torch.randint(0, 1024, (4,), generator=g)])
+    taken[3] = logits[3, :1024].argmin()                            # far outside its nucleus
+    a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    want = policy_logprobs(a, 1024, temperature, top_p, taken=taken).gather(-1, taken[:, None])[:, 0]
+    got = taken_logprobs(b, 1024, temperature, top_p, taken)
+    assert torch.allclose(got, want, atol=1e-5) and torch.isfinite(got).all()
+    (want * torch.arange(1.0, 9.0)).sum().backward()
+    (got * torch.arange(1.0, 9.0)).sum().backward()
+    assert torch.allclose(a.grad, b.grad, atol=1e-6)

@@ -163,6 +163,30 @@ def policy_logprobs(logits: torch.Tensor, n_codes: int, temperature: float, top_
     return lp - torch.logsumexp(lp, dim=-1, keepdim=True)   # renormalised over the nucleus
 
 
+def taken_logprobs(logits: torch.Tensor, n_codes: int, temperature: float, top_p: float,
+                   taken: torch.Tensor) -> torch.Tensor:
+    """log pi(taken) [...] for logits [..., V] and tokens [...]: policy_logprobs(...).gather(taken), each
+    token kept in its nucleus K, without an [..., V] tensor on the gradient path. Within K the softmax's
+    normaliser cancels, log pi(t) = x_t - logsumexp_{k in K} x_k (x = logits / temperature), so the
+    gradient reaches only the nucleus' logits, which the sorted head (_sorted_nuclei) already lists."""
+    x = logits[..., :n_codes].float()
+    x = (x if temperature == 1.0 else x / temperature).reshape(-1, n_codes)
+    t = taken.reshape(-1, 1).long()
+    xt = x.gather(-1, t)[:, 0]
+    if top_p >= 1.0:
+        return (xt - torch.logsumexp(x, -1)).view(taken.shape)
+    with torch.no_grad():   # which tokens are in the nucleus: a selection, not a function to differentiate
+        parts = _sorted_nuclei(torch.log_softmax(x, -1), top_p)
+    lse = None
+    for rows, _, order, kept in parts:
+        xs, ts, xts = (x, t, xt) if rows is None else (x[rows], t[rows], xt[rows])
+        inside = ((order == ts) & kept).any(-1, keepdim=True)        # else the taken token joins its nucleus
+        part = torch.cat([xs.gather(-1, order).masked_fill(~kept, float("-inf")),
+                          xts[:, None].masked_fill(inside, float("-inf"))], -1).logsumexp(-1)
+        lse = part if rows is None else lse.index_put((rows,), part)
+    return (xt - lse).view(taken.shape)
+
+
 def _draw_sorted(head: torch.Tensor, order: torch.Tensor, keep: torch.Tensor, u: torch.Tensor):
     """Inverse CDF over a nucleus given in descending order (head log-probs, their ids, which are kept):
     (tokens [R, 1], their log-probs renormalised over the nucleus [R, 1]) for uniforms u [R, 1]."""
@@ -257,19 +281,20 @@ def sample_frame(model, cfg: ARConfig, prefix: torch.Tensor, temperature: float 
 
 def score(model, cfg: ARConfig, tokens: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0,
           top_p: float = 0.8) -> torch.Tensor:
-    """Teacher-forced log pi(token) [B, S] of a rollout in one forward pass, with gradient; 0 where mask is 0."""
-    logits = model(input_ids=tokens[:, :-1]).logits                   # position i predicts token i+1
-    target = tokens[:, 1:]
-    lp = policy_logprobs(logits, cfg.n_codes, temperature, top_p, taken=target.clamp(max=cfg.n_codes - 1))
-    m = mask[:, 1:] > 0
-    taken = lp.gather(-1, target.clamp(max=cfg.n_codes - 1).unsqueeze(-1)).squeeze(-1)
-    taken = torch.where(m, taken, torch.zeros_like(taken))           # action tokens: no log-prob, no gradient
-    return torch.cat([torch.zeros_like(taken[:, :1]), taken], 1)
+    """Teacher-forced log pi(token) [B, S] of a rollout in one forward pass, with gradient; 0 where mask is 0.
+    The head runs only at positions some rollout generated (frame 0 and the actions are context only)."""
+    m = mask[:, 1:] > 0                                               # position i predicts token i+1
+    pos = m.any(0).nonzero().squeeze(-1)
+    logits = model(input_ids=tokens[:, :-1], logits_to_keep=pos, use_cache=False).logits    # [B, P, V]
+    target = tokens[:, 1:][:, pos].clamp(max=cfg.n_codes - 1)
+    lp = taken_logprobs(logits, cfg.n_codes, temperature, top_p, target)
+    lp = torch.where(m[:, pos], lp, torch.zeros_like(lp))             # action tokens: no log-prob, no gradient
+    return torch.zeros(mask.shape, dtype=lp.dtype, device=lp.device).index_copy(1, pos + 1, lp)
 
 
 def next_token_loss(model, tokens: torch.Tensor, is_visual: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
     """Pretraining: cross-entropy of the visual tokens of frames 1.. given everything before them."""
-    logits = model(input_ids=tokens[:, :-1]).logits
+    logits = model(input_ids=tokens[:, :-1], use_cache=False).logits
     target, m = tokens[:, 1:], is_visual[:, 1:].clone()
     m[:, : tokens_per_frame - 1] = False                                # frame 0 is the prompt, not a target
     return F.cross_entropy(logits[m].float(), target[m])
