@@ -92,11 +92,21 @@ def per_clip_stats(videos: np.ndarray, real: np.ndarray) -> dict:
             "brightness": g.float().flatten(1).mean(1).numpy()}
 
 
-def video_cache(root: str, ckpt: str, windows, seed: int) -> Path:
-    """Where a model's rollouts of these clips are kept: keyed by the checkpoint's weights, the clips and
-    the seed, so a changed checkpoint is rolled out again."""
+def old_sampler(on: bool):
+    """The pre-issue-20 AR sampler in place of the package's while on (posttrain_throughput's old path)."""
+    import contextlib
+    if not on:
+        return contextlib.nullcontext()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from posttrain_throughput import old_path
+    return old_path(True)
+
+
+def video_cache(root: str, ckpt: str, windows, seed: int, tag: str = "") -> Path:
+    """Where a model's rollouts of these clips are kept: keyed by the checkpoint's weights, the clips, the
+    seed and the sampler (tag), so a changed checkpoint is rolled out again."""
     import hashlib
-    h = hashlib.sha256(json.dumps([list(w) for w in windows]).encode() + str(seed).encode())
+    h = hashlib.sha256(json.dumps([list(w) for w in windows]).encode() + str(seed).encode() + tag.encode())
     for f in sorted(Path(ckpt).glob("*.safetensors")):
         h.update(f.name.encode() + f.read_bytes())
     return Path(root) / f"{h.hexdigest()[:20]}.npy"
@@ -118,6 +128,10 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--cache", default=None, help="a folder to keep each model's rollouts in (reused when the "
                    "checkpoint, clips and seed are the same)")
+    p.add_argument("--old-sampler-row", action="store_true",
+                   help="AR: a row of the base rolled out by the pre-issue-20 sampler (transformers' cache, full "
+                        "sort, multinomial; bench/ar_sampler_bench.py), paired against the base: is the fast "
+                        "sampler's quality unchanged?")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     t0 = time.time()
@@ -134,6 +148,8 @@ def main() -> None:
     groups = shown_groups(null)
     shown = tuple(g for g in DISCRETE if GROUPS[g] not in null)
     models = [("base", a.base)] + [tuple(m.split("=", 1)) for m in a.model]
+    old_rows = {"base, old sampler"} if a.old_sampler_row else set()
+    models += [(row, a.base) for row in old_rows]
     for name, ckpt in models:
         if not Path(ckpt).exists():
             sys.exit(f"error: model {name}: no checkpoint at {ckpt}")
@@ -141,11 +157,13 @@ def main() -> None:
     gen_seconds = {}
     for name, ckpt in models:
         t = time.time()
-        cache = video_cache(a.cache, ckpt, windows, a.seed) if a.cache else None
+        cache = video_cache(a.cache, ckpt, windows, a.seed, "old_sampler" if name in old_rows else "") \
+            if a.cache else None
         if cache is not None and cache.is_file():
             videos[name] = np.load(cache)
         else:
-            videos[name] = roll_out(ckpt, clips, a.seed, a.batch_size, a.device)
+            with old_sampler(name in old_rows):
+                videos[name] = roll_out(ckpt, clips, a.seed, a.batch_size, a.device)
             if cache is not None:
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 np.save(cache, videos[name])

@@ -28,6 +28,8 @@ class DemoConfig:
     episodes: int = 200
     seed: int = 0
     idm_minutes: float = 6.0
+    flow_idm_minutes: float = 0.0        # > 0: a second reward IDM (optical flow in, the engine's motion as
+                                         # privileged targets); RLIR's reward reads the two as an ensemble
     judge_minutes: float = 3.0
     codec_minutes: float = 4.0
     wm_minutes: float = 8.0
@@ -47,6 +49,8 @@ class DemoConfig:
         for name in budgets:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.flow_idm_minutes >= 0:
+            raise ConfigError(f"flow_idm_minutes must be 0 (off) or positive, got {self.flow_idm_minutes}")
         from rlir.training.distributed import PRECISIONS
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be fp32 or bf16, got {self.precision!r}")
@@ -72,8 +76,8 @@ def _steps(minutes: float, per_step_s: float, floor: int = 2) -> int:
 
 # seconds a training step of each stage takes on a 2-core CPU (fresh-clone demos; bf16 from the third
 # base's runs): sizes each cosine schedule to its time budget
-STEP_S = {"fp32": {"idm": 0.40, "judge": 0.19, "codec": 0.92, "wm": 1.87},
-          "bf16": {"idm": 0.29, "judge": 0.15, "codec": 0.52, "wm": 1.23}}
+STEP_S = {"fp32": {"idm": 0.40, "idm_flow": 0.46, "judge": 0.19, "codec": 0.92, "wm": 1.87},
+          "bf16": {"idm": 0.29, "idm_flow": 0.33, "judge": 0.15, "codec": 0.52, "wm": 1.23}}
 
 
 def run_demo(cfg: DemoConfig, collect_config: str | None = None, progress: bool = True) -> dict:
@@ -100,8 +104,8 @@ def run_demo(cfg: DemoConfig, collect_config: str | None = None, progress: bool 
 
     step_s = STEP_S[cfg.precision]
 
-    def do_idm(name, config, minutes, per_step):
-        c = load_config(IDMTrainConfig, config, None, data=str(data), out=str(run / name), max_minutes=minutes,
+    def do_idm(name, config, minutes, per_step, overrides=None):
+        c = load_config(IDMTrainConfig, config, overrides, data=str(data), out=str(run / name), max_minutes=minutes,
                         steps=_steps(minutes, per_step), eval_every=_steps(minutes, per_step) // 3 or 1,
                         precision=cfg.precision)
         train_idm(c, progress=progress)
@@ -110,6 +114,12 @@ def run_demo(cfg: DemoConfig, collect_config: str | None = None, progress: bool 
     _stage("judge IDM", run / "judge" / "train_summary.json",
            lambda: do_idm("judge", "configs/idm/judge_tiny.yaml", cfg.judge_minutes, step_s["judge"]))
     idm, judge = run / "idm" / "checkpoints" / "best", run / "judge" / "checkpoints" / "best"
+    reward = str(idm)                # what RLIR climbs; the evaluation's rows read the RGB reward IDM
+    if cfg.flow_idm_minutes > 0:     # two IDMs that read the video differently average out each other's mistakes
+        _stage("reward IDM (flow + motion targets)", run / "idm_flow" / "train_summary.json",
+               lambda: do_idm("idm_flow", "configs/idm/tiny_flow.yaml", cfg.flow_idm_minutes, step_s["idm_flow"],
+                              ["model.aux_motion=1.0"]))
+        reward = f"{idm},{run / 'idm_flow' / 'checkpoints' / 'best'}"
 
     rows = [run / "eval" / "real"]
     _stage("evaluate real clips", run / "eval" / "real" / "metrics.json",
@@ -142,7 +152,7 @@ def run_demo(cfg: DemoConfig, collect_config: str | None = None, progress: bool 
 
         def do_posttrain(p=p, paradigm=paradigm, base=base):
             c = load_config(GRPOConfig, f"configs/posttrain/{paradigm}_tiny.yaml", None, world_model=str(base),
-                            idm=str(idm), judge=str(judge), data=str(data), out=str(p / "rlir"), seed=cfg.seed,
+                            idm=reward, judge=str(judge), data=str(data), out=str(p / "rlir"), seed=cfg.seed,
                             steps=cfg.posttrain_steps, max_minutes=cfg.posttrain_minutes,
                             eval_every=max(1, cfg.posttrain_steps // 4), probe_clips=min(8, cfg.eval_clips),
                             media_every=max(1, cfg.posttrain_steps // 2))

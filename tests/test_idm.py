@@ -111,6 +111,15 @@ def test_train_resume_and_checkpoint_kinds(tmp_path):
     w2 = load_tensors(tmp_path / "run2" / "checkpoints" / "last")
     assert all(torch.allclose(w1[k], w2[k], atol=1e-5) for k in w1)
     assert predict(m1, np.zeros((2, 6, 12, 16, 3), np.uint8)).shape == (2, 5, 9)
+    # the schedule: cosine ends at 0, constant holds the rate after the warmup
+    import json
+    last_lr = lambda run: json.loads((run / "checkpoints" / "last" / "config.json").read_text())["sched"]["_last_lr"][0]  # noqa: E731
+    assert last_lr(tmp_path / "run") < 1e-9
+    cfg3 = IDMTrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "run3"), "lr_schedule": "constant", "warmup": 2})
+    train_idm(cfg3, progress=False)
+    assert last_lr(tmp_path / "run3") == pytest.approx(cfg.lr)
+    with pytest.raises(RlirError, match="lr_schedule"):
+        IDMTrainConfig(lr_schedule="linear").validate()
     # wrong kinds and damaged files are clear errors
     save_checkpoint(tmp_path / "wm", {"kind": "world_model"}, {"model": {"w": torch.zeros(1)}})
     with pytest.raises(RlirError, match="world_model"):

@@ -23,8 +23,8 @@ from rlir.errors import ConfigError, DataError
 from rlir.eval.action_metrics import action_metrics
 from rlir.models.idm import IDMConfig, build_idm
 from rlir.training.distributed import unwrap
-from rlir.training.loop import (LoopConfig, RunLog, load_train_state, optimizer_step, prepare_model,
-                                 save_model_checkpoint, save_train_state, setup_run, step_stats, warmup_cosine)
+from rlir.training.loop import (LR_SCHEDULES, LoopConfig, RunLog, load_train_state, lr_schedule, optimizer_step,
+                                 prepare_model, save_model_checkpoint, save_train_state, setup_run, step_stats)
 from rlir.utils.checkpoint import load_state, read_config
 
 log = logging.getLogger("rlir.idm")
@@ -43,9 +43,13 @@ class IDMTrainConfig(LoopConfig):
     class_weight_power: float = 0.5
     aug_brightness: float = 0.2
     aug_shift: int = 3
+    lr_schedule: str = "cosine"       # cosine (to 0 at `steps`) | constant after the warmup: a curve that
+                                      # flattens under it is the model's limit, not the schedule's cooling
 
     def validate(self) -> None:
         super().validate()
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.subset not in ("a", "b", "all"):
             raise ConfigError(f"subset must be 'a', 'b' or 'all', got {self.subset!r}")
 
@@ -257,7 +261,7 @@ def train_idm(cfg: IDMTrainConfig, progress: bool = True, stop_at_step: int | No
     torch.manual_seed(cfg.seed)
     model = prepare_model(build_idm(cfg.model).to(cfg.device), cfg, d)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = warmup_cosine(opt, cfg.warmup, cfg.steps)
+    sched = lr_schedule(opt, cfg.lr_schedule, cfg.warmup, cfg.steps)
     sampler = ClipSampler(store, cfg.model.clip_len, cfg.batch_size, episode_ids=ids, seed=cfg.seed, split=None)
     aug_rng = np.random.default_rng(cfg.seed + 1)
     rngs = {"sampler": sampler.rng, "aug": aug_rng}
