@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rlir.actions import GROUPS  # noqa: E402
-from rlir.data.sampler import load_clips  # noqa: E402
+from rlir.data.sampler import fixed_clips, load_clips  # noqa: E402
 from rlir.data.store import EpisodeStore  # noqa: E402
 from rlir.eval.action_metrics import DISCRETE  # noqa: E402
 from rlir.eval.generate import load_world_model, psnr_per_clip  # noqa: E402
@@ -40,17 +40,8 @@ FRAMES = 16
 
 
 def spread_clips(store: EpisodeStore, n: int, frames: int = FRAMES, split: str = "test") -> list[tuple[str, int]]:
-    """Non-overlapping windows of the split, taken round-robin over its episodes (one per episode per
-    round), so n clips come from as many episodes as possible rather than the first few."""
-    per_ep = []
-    for i in store.ids(split):
-        T = int(store.entry(i)["n_frames"])
-        per_ep.append([(i, s) for s in range(0, T - frames + 1, frames)])
-    out, r = [], 0
-    while len(out) < n and any(r < len(w) for w in per_ep):
-        out += [w[r] for w in per_ep if r < len(w)][: n - len(out)]
-        r += 1
-    return out
+    """n non-overlapping windows of the split, round-robin over its episodes (rlir's evaluation set)."""
+    return fixed_clips(store, frames, split, max_clips=n)
 
 
 @torch.no_grad()
@@ -104,9 +95,13 @@ def old_sampler(on: bool):
 
 def video_cache(root: str, ckpt: str, windows, seed: int, tag: str = "") -> Path:
     """Where a model's rollouts of these clips are kept: keyed by the checkpoint's weights, the clips, the
-    seed and the sampler (tag), so a changed checkpoint is rolled out again."""
+    seed, the sampler (tag) and the samplers' source code, so a changed checkpoint or sampler is rolled
+    out again (a cache made by an earlier sampler once stood in for the current one's videos)."""
     import hashlib
     h = hashlib.sha256(json.dumps([list(w) for w in windows]).encode() + str(seed).encode() + tag.encode())
+    root_dir = Path(__file__).resolve().parents[1] / "rlir"
+    for src in ("models/ar_world_model.py", "models/kv_decoder.py", "models/flow_samplers.py", "eval/generate.py"):
+        h.update((root_dir / src).read_bytes())
     for f in sorted(Path(ckpt).glob("*.safetensors")):
         h.update(f.name.encode() + f.read_bytes())
     return Path(root) / f"{h.hexdigest()[:20]}.npy"

@@ -55,15 +55,20 @@ class ClipSampler:
 
 def fixed_clips(store: EpisodeStore, clip_len: int, split: str | None = "test", stride: int | None = None,
                 max_clips: int | None = None) -> list[tuple[str, int]]:
-    """Deterministic (episode_id, start) windows, non-overlapping by default: the evaluation set."""
+    """Deterministic (episode_id, start) windows, non-overlapping by default: the evaluation set.
+    All of them in episode order; with max_clips, at most that many taken round-robin over the episodes
+    (each episode's first window, then each one's second, ...), so a capped set comes from as many
+    episodes as it can: clips of one episode are alike, and an interval over clips from a few episodes
+    is narrower than what it measures."""
     stride = stride or clip_len
-    out = []
-    for i in store.ids(split):
-        n = int(store.entry(i)["n_frames"])
-        for s in range(0, n - clip_len + 1, stride):
-            out.append((i, s))
-            if max_clips is not None and len(out) >= max_clips:
-                return out
+    per_ep = [[(i, s) for s in range(0, int(store.entry(i)["n_frames"]) - clip_len + 1, stride)]
+              for i in store.ids(split)]
+    if max_clips is None:
+        return [w for ws in per_ep for w in ws]
+    out, r = [], 0
+    while len(out) < max_clips and any(r < len(ws) for ws in per_ep):
+        out += [ws[r] for ws in per_ep if r < len(ws)][: max_clips - len(out)]
+        r += 1
     return out
 
 
