@@ -48,12 +48,19 @@ class ForceActions:
         return out
 
 
-def old_policy_logprobs(logits, n_codes: int, top_p: float) -> torch.Tensor:
-    """The pre-issue-20 nucleus: a full sort of the visual vocabulary at every token (temperature 1)."""
-    lp = torch.log_softmax(logits[..., :n_codes].float(), dim=-1)
-    sorted_lp, order = lp.sort(dim=-1, descending=True)
-    keep_sorted = sorted_lp.exp().cumsum(-1) - sorted_lp.exp() < top_p
-    lp = lp.masked_fill(~torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted), float("-inf"))
+def old_policy_logprobs(logits, n_codes: int, top_p: float, temperature: float = 1.0, taken=None) -> torch.Tensor:
+    """The pre-issue-20 nucleus: a full sort of the visual vocabulary at every token (`taken`, as the
+    scorer gives it, is kept in the nucleus)."""
+    lp = torch.log_softmax(logits[..., :n_codes].float() / temperature, dim=-1)
+    if top_p >= 1.0:
+        return lp
+    with torch.no_grad():
+        sorted_lp, order = lp.sort(dim=-1, descending=True)
+        keep = torch.zeros_like(sorted_lp, dtype=torch.bool).scatter(
+            -1, order, sorted_lp.exp().cumsum(-1) - sorted_lp.exp() < top_p)
+        if taken is not None:
+            keep.scatter_(-1, taken.unsqueeze(-1), True)
+    lp = lp.masked_fill(~keep, float("-inf"))
     return lp - torch.logsumexp(lp, dim=-1, keepdim=True)
 
 
@@ -62,14 +69,7 @@ def old_score(model, cfg: ARConfig, tokens, mask, temperature: float = 1.0, top_
     (the rollout's own token kept in it), log-probs over the whole vocabulary, then masked."""
     logits = model(input_ids=tokens[:, :-1]).logits
     target = tokens[:, 1:].clamp(max=cfg.n_codes - 1)
-    lp = torch.log_softmax(logits[..., : cfg.n_codes].float() / temperature, dim=-1)
-    if top_p < 1.0:
-        with torch.no_grad():
-            srt, order = lp.sort(dim=-1, descending=True)
-            keep = torch.zeros_like(srt, dtype=torch.bool).scatter(-1, order, srt.exp().cumsum(-1) - srt.exp() < top_p)
-            keep.scatter_(-1, target.unsqueeze(-1), True)
-        lp = lp.masked_fill(~keep, float("-inf"))
-        lp = lp - torch.logsumexp(lp, dim=-1, keepdim=True)
+    lp = old_policy_logprobs(logits, cfg.n_codes, top_p, temperature, taken=target)
     taken = lp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
     taken = torch.where(mask[:, 1:] > 0, taken, torch.zeros_like(taken))
     return torch.cat([torch.zeros_like(taken[:, :1]), taken], 1)
