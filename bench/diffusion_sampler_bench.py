@@ -2,12 +2,13 @@
 
 Side by side in one run: the ODE sampler as evaluated (DPM-Solver++, 18 steps), Euler with 18 steps,
 DPM-Solver++ with 10 steps, and Flow-GRPO's SDE sampler as used for RL rollouts (10 steps, noise level
-0.75), all frame by frame with the finished frames' keys/values cached; each in float32 (the old path)
+0.75), with MixGRPO's window of 2 SDE steps (Euler on the grid elsewhere), and MixGRPO-Flash's (at most 2
+DPM-Solver++ steps before and after the window), all frame by frame with the finished frames' keys/values cached; each in float32 (the old path)
 and under bf16 autocast (the SDE step itself stays float32), from the same noise. Frames/s = batch *
 (frames - 1) / seconds; `speedup_vs_fp32` is each bf16 path against its own float32 run;
 `max_rel_diff_vs_fp32` the largest |bf16 - fp32| of the final latents over their std.
 
-    python bench/diffusion_sampler_bench.py [--world-model CKPT] [--batch 8] [--device cpu|cuda] [--out JSON]
+    python bench/diffusion_sampler_bench.py [--world-model CKPT] [--batch 8] [--device cpu|cuda] [--compile] [--out JSON]
 """
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32 and/or bf16 (autocast)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the last run's last precision with torch.compile(step_frame): compile time and saving")
     p.add_argument("--out", default="bench/results/diffusion_sampler.json")
     a = p.parse_args()
     torch.manual_seed(a.seed)
@@ -50,10 +53,16 @@ def main() -> None:
     g = torch.Generator(device=a.device).manual_seed(a.seed)
     z0 = torch.randn(B, cfg.tokens_per_frame, cfg.latent_dim, generator=g, device=a.device)
     actions = torch.stack([torch.randint(0, 2, (B, F - 1), generator=g, device=a.device) for _ in range(9)], -1)
+    starts = torch.arange(B, device=a.device) % 8
     runs = {"ode_dpm++_18": dict(mode="ode", solver="dpm++", steps=18),
             "ode_euler_18": dict(mode="ode", solver="euler", steps=18),
             "ode_dpm++_10": dict(mode="ode", solver="dpm++", steps=10),
-            "sde_10_eta0.75": dict(mode="sde", steps=10, eta=0.75)}
+            "sde_10_eta0.75": dict(mode="sde", steps=10, eta=0.75),
+            # post-training's rollouts with MixGRPO's window of 2 SDE steps (each of the batch's samples at
+            # another place, 0..7, so the flash schedule pads as a batch of several groups does): Euler on
+            # the 10-step grid outside the window, or (MixGRPO-Flash) at most 2 DPM-Solver++ steps each side
+            "sde_10_window2": dict(mode="sde", steps=10, eta=0.75, window=2, window_start=starts),
+            "sde_10_window2_flash2": dict(mode="sde", steps=10, eta=0.75, window=2, window_start=starts, outer_steps=2)}
     precisions = [x for x in a.precisions.split(",") if x]
     if not precisions or set(precisions) - {"fp32", "bf16"}:
         raise SystemExit(f"--precisions takes fp32 and/or bf16, got {a.precisions!r}")
@@ -78,12 +87,36 @@ def main() -> None:
                     ref = finals[name, "fp32"]
                     results[key]["speedup_vs_fp32"] = results[f"{name}_fp32"]["seconds"] / min(ts)
                     results[key]["max_rel_diff_vs_fp32"] = float((finals[name, prec] - ref).abs().max() / ref.std())
-                print(f"{key:22s} {results[key]['frames_per_s']:8.1f} frames/s ({min(ts):.2f} s, {B} rollouts x {F - 1} frames)"
+                print(f"{key:28s} {results[key]['frames_per_s']:8.1f} frames/s ({min(ts):.2f} s, {B} rollouts x {F - 1} frames)"
                       + (f"  x{results[key]['speedup_vs_fp32']:.2f} vs fp32" if "speedup_vs_fp32" in results[key] else ""))
+    if a.compile:        # is compiling worth it? the first call pays the compile; later ones show the saving
+        name, prec = list(runs)[-1], precisions[-1]
+        model.step_frame = torch.compile(model.step_frame, dynamic=True)
+        ts = []
+        with torch.no_grad(), torch.autocast(a.device.split(":")[0], dtype=torch.bfloat16, enabled=prec == "bf16"):
+            for r in range(a.repeats + 1):
+                sync()
+                t0 = time.perf_counter()
+                rollout(model, z0, actions, F, generator=torch.Generator(device=a.device).manual_seed(r), **runs[name])
+                sync()
+                ts.append(time.perf_counter() - t0)
+        eager = results[f"{name}_{prec}"]["seconds"]
+        key = f"{name}_{prec}_compiled"
+        results[key] = {"seconds": min(ts[1:]), "frames_per_s": B * (F - 1) / min(ts[1:]), "all_seconds": ts[1:],
+                        "first_call_s": ts[0], "speedup_vs_eager": eager / min(ts[1:]),
+                        "rollouts_to_repay_compile": (ts[0] - min(ts[1:])) / max(eager - min(ts[1:]), 1e-9)}
+        print(f"{key}: {results[key]['frames_per_s']:.1f} frames/s, x{results[key]['speedup_vs_eager']:.2f} vs eager, "
+              f"first call {ts[0]:.0f} s")
     if "ode_dpm++_18_fp32" in results:
         ref = results["ode_dpm++_18_fp32"]["seconds"]
         for v in results.values():
             v["speedup_vs_ode_dpm18_fp32"] = ref / v["seconds"]
+    if "sde_10_eta0.75_fp32" in results:          # the issue's SDE baseline: the full SDE in float32
+        ref = results["sde_10_eta0.75_fp32"]["seconds"]
+        for k, v in results.items():
+            if k.startswith("sde_"):
+                v["speedup_vs_sde10_fp32"] = ref / v["seconds"]
+                print(f"{k:28s} x{v['speedup_vs_sde10_fp32']:.2f} vs the full SDE in fp32")
     device_name = torch.cuda.get_device_name() if a.device.startswith("cuda") else (platform.processor() or platform.machine())
     report = {"bench": "diffusion_sampler", "command": " ".join(sys.argv), "seed": a.seed, "batch": B, "frames": F,
               "tokens_per_frame": cfg.tokens_per_frame, "params": sum(p.numel() for p in model.parameters()),

@@ -134,6 +134,54 @@ def test_mixgrpo_window_is_sde_inside_ode_outside_and_scores_its_own_steps():
     lp, _, _ = score_steps(m.train(), tr, a, start + 1)
     ref = tr.logps.gather(2, (start + 1).view(3, 1, 1).expand(3, CFG.clip_len - 1, 1))[..., 0]
     assert (lp - ref).abs().max() < 1e-4
+def test_window_schedule_takes_at_most_k_ode_steps_each_side_and_the_window_on_the_grid():
+    from rlir.models.flow_samplers import window_schedule
+    i_from, i_to, kind = window_schedule(torch.tensor([0, 1, 3, 7]), 2, 10, 2)
+    assert i_from.shape == (4, 6)                        # K + W + K slots (every slot used by some sample)
+    for b, w in enumerate([0, 1, 3, 7]):
+        used = kind[b] > 0
+        f, t, k = i_from[b, used].tolist(), i_to[b, used].tolist(), kind[b, used].tolist()
+        assert f[0] == 0 and t[-1] == 10 and all(t[j] == f[j + 1] for j in range(len(f) - 1))   # 1 -> 0, no gap
+        assert [(a, c) for a, c, q in zip(f, t, k) if q == 2] == [(w, w + 1), (w + 1, w + 2)]
+        assert sum(q == 1 for q in k) == min(w, 2) + min(8 - w, 2)
+    # one group alone: no padding, K + W + K calls at most
+    assert window_schedule(torch.tensor([4, 4]), 2, 10, 2)[2].shape == (2, 6)
+    assert window_schedule(torch.tensor([0, 0]), 2, 10, 2)[2].shape == (2, 4)
+
+
+def test_flash_window_sampler_scores_its_own_steps_and_a_group_ignores_its_batch():
+    """MixGRPO-Flash: DPM-Solver++ outside the window, few calls; the window's steps score as sampled (the
+    ratio starts at 1), and a group's rollout does not depend on another group's window in its batch."""
+    from rlir.utils.rand import GroupGenerators
+    m = _model()
+    x, _, a = _inputs(B=4)
+    start = torch.tensor([0, 0, 5, 5])
+    gen = lambda: GroupGenerators([11, 12], 2, "cpu")                   # noqa: E731
+    tr = rollout(m, x[:, 0], a, CFG.clip_len, steps=10, mode="sde", eta=0.75, generator=gen(),
+                 window_start=start, window=2, outer_steps=2)
+    assert torch.isfinite(tr.latents).all()
+    inside = torch.zeros(4, 10, dtype=torch.bool)
+    for b, s_ in enumerate(start.tolist()):
+        inside[b, s_:s_ + 2] = True
+    assert (tr.logps[~inside[:, None, :].expand_as(tr.logps)] == 0).all()
+    assert (tr.logps[inside[:, None, :].expand_as(tr.logps)] != 0).all()
+    for k in range(2):
+        lp, _, _ = score_steps(m.train(), tr, a, start + k)
+        ref = tr.logps.gather(2, (start + k).view(4, 1, 1).expand(4, CFG.clip_len - 1, 1))[..., 0]
+        assert (lp - ref).abs().max() < 1e-4
+    m.eval()
+    alone = rollout(m, x[2:, 0], a[2:], CFG.clip_len, steps=10, mode="sde", eta=0.75,
+                    generator=GroupGenerators([12], 2, "cpu"), window_start=start[2:], window=2, outer_steps=2)
+    assert torch.allclose(alone.latents, tr.latents[2:], atol=1e-5)
+    # with as many ODE steps as the grid has, the frames are those of DPM-Solver++ on it: close to the
+    # Euler-on-the-grid window sampler's, and fewer steps move them further (both from the same noise)
+    euler = rollout(m, x[:, 0], a, CFG.clip_len, steps=10, mode="sde", eta=0.75, generator=gen(),
+                    window_start=start, window=2)
+    fine = rollout(m, x[:, 0], a, CFG.clip_len, steps=10, mode="sde", eta=0.75, generator=gen(),
+                   window_start=start, window=2, outer_steps=10)
+    assert (fine.latents - euler.latents).abs().mean() < (tr.latents - euler.latents).abs().mean() + 1e-6
+
+
 def test_context_noise_conditions_on_a_renoised_cache_and_only_for_the_ode():
     m = _model()
     x, _, a = _inputs()

@@ -344,12 +344,13 @@ def test_dynamic_sampling_leaves_out_or_replaces_groups_without_signal(tmp_path,
     assert all(torch.equal(before[k], v) for k, v in tr2.model.state_dict().items())
 
 
-def test_mixgrpo_window_trains_one_window_per_group_with_frame_credit(tmp_path):
+@pytest.mark.parametrize("outer", [0, 1])        # 1: MixGRPO-Flash, one DPM-Solver++ step each side of the window
+def test_mixgrpo_window_trains_one_window_per_group_with_frame_credit(tmp_path, outer):
     from rlir.rl.trainer import Posttrainer
     wm, idm = _checkpoints(tmp_path, "diffusion")
     cfg = GRPOConfig(world_model=wm, idm=idm, data=_store(tmp_path / "data"), out=str(tmp_path / "o"), frames=T,
                      batch_size=2, num_generations=4, probe_clips=0, sde_steps=6, sde_window=2, advantage="frame",
-                     reward_mode="f1_gain_soft", gamma=0.5, lr=1e-3, media_every=0)
+                     reward_mode="f1_gain_soft", gamma=0.5, lr=1e-3, media_every=0, sde_outer_steps=outer)
     tr = Posttrainer(cfg)
     row = tr.step(0)
     ro = tr._last[0]
@@ -363,3 +364,5 @@ def test_mixgrpo_window_trains_one_window_per_group_with_frame_credit(tmp_path):
     assert row["logp_mismatch"] < 1e-3 and row["ratio_mean"] == pytest.approx(1.0, abs=1e-3)
     with pytest.raises(ConfigError, match="sde_window"):
         GRPOConfig(world_model=wm, idm=idm, data="d", out="o", sde_steps=6, sde_window=6).validate()
+    with pytest.raises(ConfigError, match="sde_outer_steps"):
+        GRPOConfig(world_model=wm, idm=idm, data="d", out="o", sde_steps=6, sde_outer_steps=2).validate()

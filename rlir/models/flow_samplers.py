@@ -67,6 +67,33 @@ def ode_solve(velocity, x: torch.Tensor, steps: int, solver: str = "dpm++", shif
     return x
 
 
+def window_schedule(window_start: torch.Tensor, window: int, steps: int, outer_steps: int):
+    """MixGRPO-Flash's per-sample schedule on the grid of `steps` SDE noise levels: at most `outer_steps`
+    DPM-Solver++ steps from sigma 1 to the window's start, the window's W SDE steps on the grid, and at
+    most `outer_steps` DPM-Solver++ steps from its end to 0 (the ODE steps carry no randomness and are
+    never trained, so how finely they are taken is free). Samples are aligned slot by slot: pre-window
+    slots are padded at the front, post-window ones at the back; a slot no sample uses is dropped.
+    Returns grid indices (from, to) [B, L] (long) and the slot kind [B, L]: 0 pad, 1 ODE, 2 SDE."""
+    rows = []
+    for w in window_start.tolist():
+        n_pre, n_post = min(w, outer_steps), min(steps - w - window, outer_steps)
+        pre = torch.linspace(0, w, n_pre + 1).round().long().tolist()
+        post = torch.linspace(w + window, steps, n_post + 1).round().long().tolist()
+        slots = ([(0, 0, 0)] * (outer_steps - n_pre) + [(pre[j], pre[j + 1], 1) for j in range(n_pre)]
+                 + [(w + j, w + j + 1, 2) for j in range(window)]
+                 + [(post[j], post[j + 1], 1) for j in range(n_post)] + [(steps, steps, 0)] * (outer_steps - n_post))
+        rows.append(slots)
+    t = torch.tensor(rows, dtype=torch.long)                       # [B, L, 3]
+    used = (t[..., 2] > 0).any(0)
+    return t[:, used, 0], t[:, used, 1], t[:, used, 2]
+
+
+def _log_snr(sigma: torch.Tensor) -> torch.Tensor:
+    """lambda = log(alpha / sigma), alpha = 1 - sigma: DPM-Solver's time variable."""
+    sigma = sigma.clamp(1e-6, 1 - 1e-6)
+    return torch.log((1 - sigma) / sigma)
+
+
 @dataclass
 class SDETrajectory:
     latents: torch.Tensor    # [B, F, N, C] the rollout's clean frames (frame 0 given)
@@ -80,13 +107,17 @@ class SDETrajectory:
 def rollout(model: DiTWorldModel, z0: torch.Tensor, actions: torch.Tensor, frames: int, steps: int = 18,
             mode: str = "ode", solver: str = "dpm++", eta: float = 0.75, shift: float = 1.0,
             generator=None, context_sigma: float = 0.0, window_start: torch.Tensor | None = None,
-            window: int = 0):
+            window: int = 0, outer_steps: int = 0):
     """Generate frames 1..frames-1 from frame 0's latents z0 [B, N, C] under actions [B, >=frames-1, 9].
 
     mode 'ode': returns latents [B, F, N, C]. mode 'sde' (Flow-GRPO): returns an SDETrajectory.
     With `window` > 0 (MixGRPO's mixed sampler) sample b takes SDE steps only at window_start[b] ..
     window_start[b] + window - 1 and Euler ODE steps elsewhere (log-prob 0 there): all of its
-    randomness, and so all the credit, lives in the steps that are trained.
+    randomness, and so all the credit, lives in the steps that are trained. With `outer_steps` K > 0 as
+    well (MixGRPO-Flash) the ODE outside the window takes at most K DPM-Solver++ steps on each side
+    instead of every grid step (`window_schedule`): K + W + K denoiser calls a frame instead of S. The
+    recorded states are then only those of the window (grid indices window_start .. + W), which is all
+    that `score_steps` reads for the trained steps; the others stay zero.
     The finished frames' keys/values are cached, computed once at sigma = 0, or (ODE only) after
     re-noising each frame to `context_sigma` (diffusion forcing's stabilisation; the SDE's scorer
     assumes a clean context, so it refuses this).
@@ -105,9 +136,19 @@ def rollout(model: DiTWorldModel, z0: torch.Tensor, actions: torch.Tensor, frame
     cache = cache_frame(z0, None, 0, None)
     out, traj, logps = [z0], [], []
     s = flow_sigmas(steps, shift)
+    if mode == "sde" and window and outer_steps:
+        sched = window_schedule(window_start.cpu(), window, steps, outer_steps)
     for f in range(1, frames):
         a = actions[:, f - 1]
         x = randn((B, N, C), generator, z0.device)
+        if mode == "sde" and window and outer_steps:
+            x, xs, lps = _flash_frame(lambda x_, sig, a=a, f=f: model.step_frame(x_, sig, a, f, cache)[0],
+                                      x, s.to(z0.device), sched, window, eta, generator)
+            traj.append(xs)
+            logps.append(lps)
+            cache = cache_frame(x, a, f, cache)
+            out.append(x)
+            continue
 
         def velocity(x_, sigma, a=a, f=f):
             return model.step_frame(x_, torch.full((B,), sigma, device=z0.device), a, f, cache)[0]
@@ -137,6 +178,51 @@ def rollout(model: DiTWorldModel, z0: torch.Tensor, actions: torch.Tensor, frame
     if mode == "ode":
         return latents
     return SDETrajectory(latents, torch.stack(traj, 1), torch.stack(logps, 1), s, eta)
+
+
+def _flash_frame(velocity, x, s, sched, window: int, eta: float, generator):
+    """One frame of the mixed sampler on a `window_schedule`: DPM-Solver++(2M) outside the window
+    (restarted after it: the SDE's noise leaves the ODE's path, so the previous prediction no longer
+    applies; the step to sigma 0 is first-order, as diffusers' lower_order_final), Flow-GRPO's SDE in it.
+    The window's noises are drawn up front, W per frame whatever the schedule, so a group's draws do not
+    depend on which groups share its batch. Returns (x0 [B, N, C], states [B, S+1, N, C], logps [B, S])."""
+    from rlir.utils.rand import randn
+    i_from, i_to, kind = (t.to(x.device) for t in sched)
+    B, S = x.shape[0], len(s) - 1
+    noises = [randn(x.shape, generator, x.device) for _ in range(window)]
+    states = torch.zeros(B, S + 1, *x.shape[1:], device=x.device)
+    logps = torch.zeros(B, S, device=x.device)
+    rows = torch.arange(B, device=x.device)
+    x = x.float()
+    d_prev = lam_prev = None
+    n_sde = torch.zeros(B, dtype=torch.long, device=x.device)
+    shape = (B,) + (1,) * (x.dim() - 1)
+    for l in range(i_from.shape[1]):
+        sig, sig_next, k = s[i_from[:, l]], s[i_to[:, l]], kind[:, l]
+        v = velocity(x, sig).float()
+        # ODE: DPM-Solver++ in data prediction, D = x - sigma v; x' = (s'/s) x + (a' - a s'/s) D, a = 1 - sigma
+        d0 = x - sig.view(shape) * v
+        lam, lam_next = _log_snr(sig), _log_snr(sig_next)
+        second = (k == 1) & (sig_next > 0)
+        if d_prev is not None:
+            second &= (kind[:, l - 1] == 1) & (i_to[:, l - 1] == i_from[:, l])      # same ODE stretch
+            c = ((lam_next - lam) / (2 * (lam - lam_prev))).where(second, torch.zeros_like(lam))  # 1 / (2r)
+            d = d0 + c.view(shape) * (d0 - d_prev)
+        else:
+            d = d0
+        ratio = (sig_next / sig.clamp(min=1e-12)).view(shape)
+        x_ode = ratio * x + ((1 - sig_next).view(shape) - (1 - sig).view(shape) * ratio) * d
+        # SDE: this sample's next window noise
+        noise = torch.stack(noises, 0)[n_sde.clamp(max=window - 1), rows]
+        x_sde, _, _, lp = sde_step(x, v, sig, sig_next, eta, float(s[1]), noise)
+        is_sde = k == 2
+        states[rows[is_sde], i_from[is_sde, l]] = x[is_sde]
+        states[rows[is_sde], i_to[is_sde, l]] = x_sde[is_sde]
+        logps[rows[is_sde], i_from[is_sde, l]] = lp[is_sde]
+        x_new = torch.where(is_sde.view(shape), x_sde, torch.where((k == 1).view(shape), x_ode, x))
+        n_sde += is_sde.long()
+        d_prev, lam_prev, x = d0, lam, x_new
+    return x, states, logps
 
 
 def score_steps(model: DiTWorldModel, traj: SDETrajectory, actions: torch.Tensor, step_index: torch.Tensor):

@@ -60,6 +60,8 @@ class GRPOConfig(LoopConfig):
     timestep_fraction: float = 0.6
     sde_window: int = 0                      # 0: SDE at every step, train timestep_fraction of them | W: MixGRPO,
                                              # SDE (and training) on W consecutive steps, ODE elsewhere
+    sde_outer_steps: int = 0                 # with sde_window: 0 Euler on every grid step outside the window | K:
+                                             # at most K DPM-Solver++ steps before and K after (MixGRPO-Flash)
     clip_range: float = 1e-4
     adv_clip_max: float = 5.0
     eval_steps: int = 18
@@ -101,6 +103,9 @@ class GRPOConfig(LoopConfig):
         if not 0 <= self.sde_window < self.sde_steps:
             raise ConfigError(f"sde_window must be in [0, sde_steps - 1] (the last step is never trained), got "
                               f"{self.sde_window} with sde_steps {self.sde_steps}")
+        if self.sde_outer_steps < 0 or (self.sde_outer_steps and not self.sde_window):
+            raise ConfigError(f"sde_outer_steps must be 0, or positive with an sde_window, got {self.sde_outer_steps} "
+                              f"with sde_window {self.sde_window}")
         if not 0 < self.top_p <= 1 or self.temperature <= 0:
             raise ConfigError("top_p must be in (0, 1] and temperature positive")
         from rlir.rl.rewards import MODES
@@ -134,7 +139,7 @@ RESUME_KEEPS = ("world_model", "idm", "judge", "data", "frames", "seed", "batch_
                 "preference_fn",
                 "prompt_clips",
                 "dynamic_sampling", "max_resample_rounds", "sde_steps", "noise_level", "timestep_fraction",
-                "sde_window", "clip_range", "adv_clip_max", "parallel", "precision")
+                "sde_window", "sde_outer_steps", "clip_range", "adv_clip_max", "parallel", "precision")
 
 
 def check_resume(out: Path, saved: dict | None, cfg: GRPOConfig) -> None:

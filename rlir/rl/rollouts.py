@@ -149,10 +149,12 @@ class DiffusionPolicy:
 
     def __init__(self, model, cfg, codec, frames: int, sde_steps: int = 10, noise_level: float = 0.75,
                  timestep_fraction: float = 0.6, clip_range: float = 1e-4, adv_clip_max: float = 5.0,
-                 beta: float = 0.0, eval_steps: int = 18, sde_window: int = 0, rollout_precision: str = "fp32", **_):
+                 beta: float = 0.0, eval_steps: int = 18, sde_window: int = 0, sde_outer_steps: int = 0,
+                 rollout_precision: str = "fp32", **_):
         self.model, self.cfg, self.codec, self.frames = model, cfg, codec, frames
         self.rollout_precision = rollout_precision
         self.sde_steps, self.eta, self.eval_steps, self.window = sde_steps, noise_level, eval_steps, sde_window
+        self.outer_steps = sde_outer_steps
         self.n_train_steps = sde_window or min(sde_steps - 1, max(1, math.ceil(timestep_fraction * sde_steps - 1e-9)))
         self.clip_range, self.adv_clip_max, self.beta = clip_range, adv_clip_max, beta
         from rlir.models.flow_samplers import flow_sigmas
@@ -181,7 +183,8 @@ class DiffusionPolicy:
         # (sde_step casts), and the first pass's "old" log-probs are the float32 scorer's, so the ratio is 1
         with torch.autocast(dev.type, torch.bfloat16, enabled=self.rollout_precision == "bf16"):
             tr = rollout(self.model, z0, actions.to(dev), self.frames, steps=self.sde_steps, mode="sde",
-                         eta=self.eta, generator=generator, window_start=start, window=self.window)
+                         eta=self.eta, generator=generator, window_start=start, window=self.window,
+                         outer_steps=self.outer_steps)
         video = self.codec.decode(tr.latents).cpu()
         video[:, 0] = frame0
         if self.window:      # train every step of the window

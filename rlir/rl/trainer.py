@@ -150,6 +150,7 @@ class Posttrainer:
                                   epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta,
                                   sde_steps=cfg.sde_steps, noise_level=cfg.noise_level,
                                   timestep_fraction=cfg.timestep_fraction, sde_window=cfg.sde_window,
+                                  sde_outer_steps=cfg.sde_outer_steps,
                                   clip_range=cfg.clip_range,
                                   adv_clip_max=cfg.adv_clip_max, eval_steps=cfg.eval_steps,
                                   rollout_precision=cfg.rollout_precision)
