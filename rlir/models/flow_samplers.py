@@ -136,12 +136,13 @@ def rollout(model: DiTWorldModel, z0: torch.Tensor, actions: torch.Tensor, frame
     cache = cache_frame(z0, None, 0, None)
     out, traj, logps = [z0], [], []
     s = flow_sigmas(steps, shift)
-    if mode == "sde" and window and outer_steps:
+    flash = mode == "sde" and window and outer_steps
+    if flash:
         sched = window_schedule(window_start.cpu(), window, steps, outer_steps)
     for f in range(1, frames):
         a = actions[:, f - 1]
         x = randn((B, N, C), generator, z0.device)
-        if mode == "sde" and window and outer_steps:
+        if flash:
             x, xs, lps = _flash_frame(lambda x_, sig, a=a, f=f: model.step_frame(x_, sig, a, f, cache)[0],
                                       x, s.to(z0.device), sched, window, eta, generator)
             traj.append(xs)
@@ -189,7 +190,7 @@ def _flash_frame(velocity, x, s, sched, window: int, eta: float, generator):
     from rlir.utils.rand import randn
     i_from, i_to, kind = (t.to(x.device) for t in sched)
     B, S = x.shape[0], len(s) - 1
-    noises = [randn(x.shape, generator, x.device) for _ in range(window)]
+    noises = torch.stack([randn(x.shape, generator, x.device) for _ in range(window)])     # [W, B, N, C]
     states = torch.zeros(B, S + 1, *x.shape[1:], device=x.device)
     logps = torch.zeros(B, S, device=x.device)
     rows = torch.arange(B, device=x.device)
@@ -213,7 +214,7 @@ def _flash_frame(velocity, x, s, sched, window: int, eta: float, generator):
         ratio = (sig_next / sig.clamp(min=1e-12)).view(shape)
         x_ode = ratio * x + ((1 - sig_next).view(shape) - (1 - sig).view(shape) * ratio) * d
         # SDE: this sample's next window noise
-        noise = torch.stack(noises, 0)[n_sde.clamp(max=window - 1), rows]
+        noise = noises[n_sde.clamp(max=window - 1), rows]
         x_sde, _, _, lp = sde_step(x, v, sig, sig_next, eta, float(s[1]), noise)
         is_sde = k == 2
         states[rows[is_sde], i_from[is_sde, l]] = x[is_sde]
