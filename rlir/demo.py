@@ -34,7 +34,7 @@ class DemoConfig:
     codec_minutes: float = 4.0
     wm_minutes: float = 8.0
     posttrain_minutes: float = 5.0
-    posttrain_steps: int = 20
+    posttrain_steps: int = 60           # a cap: the RL stage runs until posttrain_minutes (constant lr)
     eval_clips: int = 48
     precision: str = "bf16"              # training stages under bf16 autocast: 1.2-1.8x the steps a minute on
                                          # a CPU with bf16 units; fp32 on a CPU without them (bf16 is slow there)
@@ -70,12 +70,13 @@ def _stage(name: str, done: Path, fn) -> None:
 
 
 def _steps(minutes: float, per_step_s: float, floor: int = 2) -> int:
-    """Steps that fill a time budget, so the cosine schedule ends near where the wall clock does."""
+    """A first guess of the steps that fill a time budget; each stage refits it to the rate it measures
+    (`fit_budget`), so the cosine schedule ends where the wall clock does on a faster or slower CPU."""
     return max(floor, int(minutes * 60 / per_step_s))
 
 
 # seconds a training step of each stage takes on a 2-core CPU (fresh-clone demos; bf16 from the third
-# base's runs): sizes each cosine schedule to its time budget
+# base's runs): the first guess of each schedule's length, and the evaluation cadence
 STEP_S = {"fp32": {"idm": 0.40, "idm_flow": 0.46, "judge": 0.19, "codec": 0.92, "wm": 1.87},
           "bf16": {"idm": 0.29, "idm_flow": 0.33, "judge": 0.15, "codec": 0.52, "wm": 1.23}}
 
@@ -107,7 +108,7 @@ def run_demo(cfg: DemoConfig, collect_config: str | None = None, progress: bool 
     def do_idm(name, config, minutes, per_step, overrides=None):
         c = load_config(IDMTrainConfig, config, overrides, data=str(data), out=str(run / name), max_minutes=minutes,
                         steps=_steps(minutes, per_step), eval_every=_steps(minutes, per_step) // 3 or 1,
-                        precision=cfg.precision)
+                        precision=cfg.precision, fit_budget=True)
         train_idm(c, progress=progress)
     _stage("reward IDM", run / "idm" / "train_summary.json",
            lambda: do_idm("idm", "configs/idm/tiny.yaml", cfg.idm_minutes, step_s["idm"]))
@@ -135,7 +136,8 @@ def run_demo(cfg: DemoConfig, collect_config: str | None = None, progress: bool 
             c = load_config(TokenizerTrainConfig, f"configs/{codec_kind}/tiny.yaml", None, data=str(data),
                             out=str(p / "codec"), max_minutes=cfg.codec_minutes,
                             steps=_steps(cfg.codec_minutes, step_s["codec"]),
-                            eval_every=max(1, _steps(cfg.codec_minutes, step_s["codec"]) // 3), precision=cfg.precision)
+                            eval_every=max(1, _steps(cfg.codec_minutes, step_s["codec"]) // 3), precision=cfg.precision,
+                            fit_budget=True)
             c.model.quantize = paradigm == "ar"
             train_tokenizer(c, progress=progress)
         _stage(f"{paradigm}: {codec_kind}", p / "codec" / "train_summary.json", do_codec)
@@ -145,7 +147,7 @@ def run_demo(cfg: DemoConfig, collect_config: str | None = None, progress: bool 
             c = load_config(WMTrainConfig, f"configs/wm/{paradigm}_tiny.yaml", None, data=str(data),
                             out=str(p / "wm"), codec=str(p / "codec" / "checkpoints" / "best"),
                             max_minutes=cfg.wm_minutes, steps=steps, eval_every=max(1, steps // 3),
-                            warmup=min(100, steps // 5), precision=cfg.precision)
+                            warmup=min(100, steps // 5), precision=cfg.precision, fit_budget=True)
             train_world_model(c, progress=progress)
         _stage(f"{paradigm}: world model", p / "wm" / "train_summary.json", do_wm)
         base = p / "wm" / "checkpoints" / "best"
@@ -154,8 +156,8 @@ def run_demo(cfg: DemoConfig, collect_config: str | None = None, progress: bool 
             c = load_config(GRPOConfig, f"configs/posttrain/{paradigm}_tiny.yaml", None, world_model=str(base),
                             idm=reward, judge=str(judge), data=str(data), out=str(p / "rlir"), seed=cfg.seed,
                             steps=cfg.posttrain_steps, max_minutes=cfg.posttrain_minutes,
-                            eval_every=max(1, cfg.posttrain_steps // 4), probe_clips=min(8, cfg.eval_clips),
-                            media_every=max(1, cfg.posttrain_steps // 2))
+                            eval_every=max(1, min(10, cfg.posttrain_steps // 4)), probe_clips=min(8, cfg.eval_clips),
+                            media_every=max(1, min(30, cfg.posttrain_steps // 2)))
             posttrain(c, progress=progress)
         _stage(f"{paradigm}: RLIR post-training", p / "rlir" / "posttrain_summary.json", do_posttrain)
         logs.append(p / "rlir")

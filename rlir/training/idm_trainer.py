@@ -23,8 +23,9 @@ from rlir.errors import ConfigError, DataError
 from rlir.eval.action_metrics import action_metrics
 from rlir.models.idm import IDMConfig, build_idm
 from rlir.training.distributed import unwrap
-from rlir.training.loop import (LR_SCHEDULES, LoopConfig, RunLog, load_train_state, lr_schedule, optimizer_step,
-                                 prepare_model, save_model_checkpoint, save_train_state, setup_run, step_stats)
+from rlir.training.loop import (LR_SCHEDULES, BudgetFit, LoopConfig, RunLog, load_train_state, lr_schedule,
+                                 optimizer_step, prepare_model, save_model_checkpoint, save_train_state, setup_run,
+                                 step_stats)
 from rlir.utils.checkpoint import load_state, read_config
 
 log = logging.getLogger("rlir.idm")
@@ -261,7 +262,7 @@ def train_idm(cfg: IDMTrainConfig, progress: bool = True, stop_at_step: int | No
     torch.manual_seed(cfg.seed)
     model = prepare_model(build_idm(cfg.model).to(cfg.device), cfg, d)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = lr_schedule(opt, cfg.lr_schedule, cfg.warmup, cfg.steps)
+    sched = lr_schedule(opt, cfg.lr_schedule, cfg.warmup, lambda: cfg.steps)
     sampler = ClipSampler(store, cfg.model.clip_len, cfg.batch_size, episode_ids=ids, seed=cfg.seed, split=None)
     aug_rng = np.random.default_rng(cfg.seed + 1)
     rngs = {"sampler": sampler.rng, "aug": aug_rng}
@@ -273,6 +274,7 @@ def train_idm(cfg: IDMTrainConfig, progress: bool = True, stop_at_step: int | No
     step, best, history = (meta["step"], meta["best"], meta["history"]) if meta else (0, -1e9, [])
     if meta:
         log.info("resuming %s at step %d", out, step)
+    fit = BudgetFit(cfg, d, meta)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("IDM %s: %.2fM parameters, %d training episodes (subset %s)", cfg.model.arch, n_params / 1e6,
              len(ids), cfg.subset)
@@ -300,6 +302,7 @@ def train_idm(cfg: IDMTrainConfig, progress: bool = True, stop_at_step: int | No
         optimizer_step(loss, model, opt, sched, cfg.grad_clip)
         loss_v, out_of_time = step_stats(d, loss, t0, cfg.max_minutes)
         step += 1
+        fit.after_step(step, bar)
         bar.update(1)
         bar.set_postfix(loss=f"{loss_v:.3f}")
         if step % 25 == 0:
@@ -321,7 +324,7 @@ def train_idm(cfg: IDMTrainConfig, progress: bool = True, stop_at_step: int | No
                 best = score
                 save_model_checkpoint(out / "checkpoints" / "best", _model_config(cfg, step, h), model)
             save_train_state(last, "idm_train_state", model, opt, sched,
-                             {"step": step, "best": best, "history": history}, rngs)
+                             {"step": step, "best": best, "history": history, **fit.state()}, rngs)
             log.info("step %d  val f1_macro %.3f  pitch err %.3f  yaw err %.3f", step, h["f1_macro"],
                      h["camera_pitch_bin_error"], h["camera_yaw_bin_error"])
             stop_early = out_of_time or (stop_at_step is not None and step >= stop_at_step)

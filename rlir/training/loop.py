@@ -30,6 +30,8 @@ class LoopConfig:
     warmup: int = 100
     eval_every: int = 250
     max_minutes: float = 0.0          # stop early when the wall clock runs out (0: no limit)
+    fit_budget: bool = False          # with max_minutes: `steps` is only a first guess; after a few timed steps
+                                      # it becomes what the budget holds at the measured rate (BudgetFit)
     threads: int = 0                  # torch threads (0: torch's default)
     device: str = "cpu"               # cpu | cuda (under torchrun: each rank its LOCAL_RANK's GPU)
     parallel: str = "ddp"             # under torchrun: ddp | fsdp (fully_shard, for the large presets)
@@ -86,8 +88,9 @@ def save_model_checkpoint(path: Path, config: dict, model: torch.nn.Module, **mo
 LR_SCHEDULES = ("cosine", "constant")
 
 
-def lr_schedule(opt: torch.optim.Optimizer, kind: str, warmup: int, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup, then cosine to 0 over `steps` ("cosine") or the full rate ("constant")."""
+def lr_schedule(opt: torch.optim.Optimizer, kind: str, warmup: int, steps) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup, then cosine to 0 over `steps` ("cosine") or the full rate ("constant").
+    `steps` is a count or a callable that returns it (a horizon BudgetFit may move)."""
     if kind == "cosine":
         return warmup_cosine(opt, warmup, steps)
     if kind != "constant":
@@ -95,9 +98,64 @@ def lr_schedule(opt: torch.optim.Optimizer, kind: str, warmup: int, steps: int) 
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup)))
 
 
-def warmup_cosine(opt: torch.optim.Optimizer, warmup: int, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+def warmup_cosine(opt: torch.optim.Optimizer, warmup: int, steps) -> torch.optim.lr_scheduler.LambdaLR:
+    horizon = steps if callable(steps) else (lambda: steps)
+
+    def factor(s: int) -> float:
+        n = horizon()
+        return min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(s, n) / n))
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+class BudgetFit:
+    """Sizes a run to its wall-clock budget on whatever machine it runs on.
+
+    A schedule fixed from a per-step estimate ends early on a faster CPU and is cut off on a slower
+    one. With `cfg.fit_budget` and `cfg.max_minutes`, the steps `skip` .. `skip + probe` after the
+    start are timed, and `cfg.steps` becomes the steps the rest of the budget holds at that rate
+    (less `margin` for evaluations and checkpoints); `cfg.eval_every` scales with it, and a cosine
+    schedule built on `lambda: cfg.steps` ends where the clock does. The fitted length is kept in
+    the train state (`state()`), so a resumed run does not fit again."""
+
+    def __init__(self, cfg: LoopConfig, d, meta: dict | None, skip: int = 3, probe: int = 12, margin: float = 0.92):
+        self.cfg, self.d, self.skip, self.probe, self.margin = cfg, d, skip, probe, margin
+        self.active = bool(cfg.fit_budget and cfg.max_minutes > 0)
+        self.fitted = (meta or {}).get("fitted_steps")
+        if self.fitted:                                   # resumed after the fit: the same length as before
+            self._set(self.fitted)
+        elif self.active and cfg.steps <= skip + probe:   # a guess too short to time: run long enough to fit
+            self._set(skip + probe + 1)
+        self.t_budget0 = time.time()                      # max_minutes counts from this start, as step_stats does
+        self.t_probe0, self.n0 = None, 0
+
+    def _set(self, steps: int) -> None:
+        old = self.cfg.steps
+        self.cfg.steps = max(1, int(steps))
+        self.cfg.eval_every = max(1, round(self.cfg.eval_every * self.cfg.steps / old))
+
+    def after_step(self, step: int, bar=None) -> None:
+        if not self.active or self.fitted:
+            return
+        if self.t_probe0 is None:
+            self.n0 += 1
+            if self.n0 == self.skip:                      # the first steps pay for allocations and warm caches
+                self.t_probe0, self.n0 = time.time(), step
+            return
+        if step - self.n0 < self.probe:
+            return
+        now = time.time()
+        per_step = (now - self.t_probe0) / (step - self.n0)
+        left = self.cfg.max_minutes * 60 - (now - self.t_budget0)
+        fit = step + int(self.margin * max(0.0, left) / per_step)
+        fit = int(self.d.mean({"steps": float(fit)})["steps"])          # every rank the same length
+        self.fitted = max(step + 1, fit)
+        self._set(self.fitted)
+        if bar is not None:
+            bar.total = self.cfg.steps
+            bar.refresh()
+
+    def state(self) -> dict:
+        return {"fitted_steps": self.fitted} if self.fitted else {}
 
 
 def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, opt, sched, grad_clip: float = 1.0) -> float:

@@ -20,7 +20,7 @@ from rlir.errors import DataError
 from rlir.models.conv_ae import psnr
 from rlir.models.tokenizer import TokenizerConfig, VQTokenizer, tokenizer_loss
 from rlir.training.distributed import unwrap
-from rlir.training.loop import (LoopConfig, RunLog, load_train_state, optimizer_step, prepare_model,
+from rlir.training.loop import (BudgetFit, LoopConfig, RunLog, load_train_state, optimizer_step, prepare_model,
                                  save_model_checkpoint, save_train_state, setup_run, step_stats, warmup_cosine)
 from rlir.utils.checkpoint import load_state, read_config
 from rlir.utils.io import atomic_write_json
@@ -88,12 +88,13 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict:
     torch.manual_seed(cfg.seed)
     model = prepare_model(VQTokenizer(cfg.model).to(cfg.device), cfg, d, ("encode", "decode"))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
-    sched = warmup_cosine(opt, cfg.warmup, cfg.steps)
+    sched = warmup_cosine(opt, cfg.warmup, lambda: cfg.steps)
     sampler = ClipSampler(store, 1, cfg.batch_size, split="train", seed=cfg.seed)
     vf = val_frames(store, cfg.val_frames)
     last = out / "checkpoints" / "last"
     meta = load_train_state(last, "tokenizer_train_state", model, opt, sched, {"sampler": sampler.rng})
     step, best, history = (meta["step"], meta["best"], meta["history"]) if meta else (0, -1.0, [])
+    fit = BudgetFit(cfg, d, meta)
     runlog = RunLog(out)
     t0, t_start = time.time(), time.time() - (history[-1]["elapsed_s"] if history else 0.0)
     bar = tqdm(total=cfg.steps, initial=step, desc=unwrap(model).kind, disable=not progress or not d.main)
@@ -106,6 +107,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict:
         optimizer_step(loss, model, opt, sched, 1.0)
         loss_v, out_of_time = step_stats(d, loss, t0, cfg.max_minutes)
         step += 1
+        fit.after_step(step, bar)
         bar.update(1)
         bar.set_postfix(loss=f"{loss_v:.4f}")
         if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
@@ -122,7 +124,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict:
                                       {"kind": unwrap(model).kind, "model": asdict(cfg.model), "step": step, "val": m},
                                       model)
             save_train_state(last, "tokenizer_train_state", model, opt, sched,
-                             {"step": step, "best": best, "history": history}, {"sampler": sampler.rng})
+                             {"step": step, "best": best, "history": history, **fit.state()}, {"sampler": sampler.rng})
             usage = f"  codebook usage {m['codebook_usage']:.2f}" if "codebook_usage" in m else ""   # none without VQ
             log.info("step %d  val psnr %.2f dB%s", step, m["psnr"], usage)
             if out_of_time:

@@ -28,7 +28,7 @@ from rlir.models.dit_world_model import PRESETS as DIT_PRESETS
 from rlir.models.dit_world_model import DiTConfig, DiTWorldModel, flow_matching_loss
 from rlir.models.tokenizer import TokenizerConfig, VQTokenizer
 from rlir.training.distributed import unwrap
-from rlir.training.loop import (LoopConfig, RunLog, load_train_state, optimizer_step, prepare_model,
+from rlir.training.loop import (BudgetFit, LoopConfig, RunLog, load_train_state, optimizer_step, prepare_model,
                                  save_model_checkpoint, save_train_state, setup_run, step_stats,
                                  warmup_cosine)
 from rlir.training.tokenizer_trainer import load_tokenizer
@@ -208,12 +208,13 @@ def train_world_model(cfg: WMTrainConfig, progress: bool = True, explicit_model:
     model = prepare_model(build_world_model(mcfg).to(cfg.device), cfg, d,
                           () if cfg.paradigm == "ar" else ("step_frame", "velocity_teacher_forced"))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    sched = warmup_cosine(opt, cfg.warmup, cfg.steps)
+    sched = warmup_cosine(opt, cfg.warmup, lambda: cfg.steps)
     rng = np.random.default_rng(cfg.seed)
     vc, va = windows(codes, store, store.ids("val"), mcfg.clip_len, None, cfg.val_clips)
     last = out / "checkpoints" / "last"
     meta = load_train_state(last, "wm_train_state", model, opt, sched, {"windows": rng})
     step, best, history = (meta["step"], meta["best"], meta["history"]) if meta else (0, 1e9, [])
+    fit = BudgetFit(cfg, d, meta)
     # the best checkpoint is chosen on the objective the run trains for the sampler: the clean-context
     # loss once any step is teacher-forced; a resumed run that switches objective starts a new best
     best_key = "val/loss_clean_context" if cfg.paradigm == "diffusion" and cfg.clean_context > 0 else "val/loss"
@@ -232,6 +233,7 @@ def train_world_model(cfg: WMTrainConfig, progress: bool = True, explicit_model:
         optimizer_step(loss, model, opt, sched, 1.0)
         loss_v, out_of_time = step_stats(d, loss, t0, cfg.max_minutes)
         step += 1
+        fit.after_step(step, bar)
         bar.update(1)
         bar.set_postfix(loss=f"{loss_v:.3f}")
         if step % 25 == 0:
@@ -254,7 +256,7 @@ def train_world_model(cfg: WMTrainConfig, progress: bool = True, explicit_model:
                                                                            "codec_checkpoint": str(cfg.codec)}),
                                       model, codec=tok.state_dict())
             save_train_state(last, "wm_train_state", model, opt, sched,
-                             {"step": step, "best": best, "best_key": best_key, "history": history}, {"windows": rng})
+                             {"step": step, "best": best, "best_key": best_key, "history": history, **fit.state()}, {"windows": rng})
             log.info("step %d  %s %.4f", step, best_key, vl)
             if out_of_time:
                 break
