@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from rlir.data.store import EpisodeStore
-from rlir.models.dit_world_model import PRESETS, DiTConfig, DiTWorldModel, append_cache, flow_matching_loss
+from rlir.models.dit_world_model import (PRESETS, DiTConfig, DiTWorldModel, append_cache, flow_matching_loss,
+                                         split_cache)
 from rlir.models.flow_samplers import flow_sigmas, ode_solve, rollout, score_steps, sde_step
 from tests.conftest import make_episode
 
@@ -49,6 +50,37 @@ def test_cached_frame_by_frame_equals_the_full_pass():
         outs.append(vf)
         cache = append_cache(cache, kv)
     assert (torch.stack(outs, 1) - v).abs().max() < 1e-5
+
+
+def test_a_finished_frame_cached_inside_the_next_frames_call_is_the_separate_pass():
+    m = _model()
+    x, s, a = _inputs()
+    zero = torch.zeros(x.shape[0])
+    cache = None
+    for f in range(1, CFG.clip_len):
+        prev_a = None if f == 1 else a[:, f - 2]
+        sep = append_cache(cache, m.step_frame(x[:, f - 1], zero, prev_a, f - 1, cache)[1])
+        v_sep = m.step_frame(x[:, f], s[:, f], a[:, f - 1], f, sep)[0]
+        v, kvs = m.step_frame(x[:, f], s[:, f], a[:, f - 1], f, cache, finished=(x[:, f - 1], zero, prev_a))
+        done, _ = split_cache(kvs, CFG.tokens_per_frame)
+        assert (v - v_sep).abs().max() < 1e-5
+        assert all((k1 - k2).abs().max() < 1e-5 and (v1 - v2).abs().max() < 1e-5
+                   for (k1, v1), (k2, v2) in zip(append_cache(cache, done), sep))
+        cache = sep
+
+
+@pytest.mark.parametrize("kw", [dict(mode="ode", steps=4), dict(mode="ode", steps=4, solver="euler", context_sigma=0.1),
+                                dict(mode="sde", steps=5, window=2, window_start=torch.tensor([0, 1, 3])),
+                                dict(mode="sde", steps=6, window=2, window_start=torch.tensor([0, 2, 4]), outer_steps=1)])
+def test_rollout_with_the_cache_folded_is_the_rollout_with_its_own_pass(kw):
+    m = _model()
+    x, _, a = _inputs()
+    r = [rollout(m, x[:, 0], a, CFG.clip_len, generator=torch.Generator().manual_seed(1), fold_cache=fold, **kw)
+         for fold in (True, False)]
+    if kw["mode"] == "ode":
+        assert (r[0] - r[1]).abs().max() < 1e-5
+    else:
+        assert (r[0].latents - r[1].latents).abs().max() < 1e-5 and (r[0].logps - r[1].logps).abs().max() < 1e-5
 
 
 def test_clean_context_loss_is_the_samplers_situation_frame_by_frame():

@@ -95,9 +95,12 @@ class DiTBlock(nn.Module):
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))   # AdaLN-Zero: shift, scale, gate x 2
 
     def forward(self, x, c, mask=None, past=None):
+        """x [B, F, N, d] tokens of F frames, c [B, F, 1, d] each frame's conditioning: the modulation is
+        computed once per frame and broadcast over its N tokens (not once per token)."""
+        B, Fr, N, d = x.shape
         s1, sc1, g1, s2, sc2, g2 = self.ada(c).chunk(6, -1)
-        a, kv = self.attn(modulate(self.norm1(x), s1, sc1), mask, past)
-        x = x + g1 * a
+        a, kv = self.attn(modulate(self.norm1(x), s1, sc1).reshape(B, Fr * N, d), mask, past)
+        x = x + g1 * a.view(B, Fr, N, d)
         u, g = self.w12(modulate(self.norm2(x), s2, sc2)).chunk(2, -1)
         return x + g2 * self.w3(F.silu(u) * g), kv
 
@@ -158,12 +161,11 @@ class DiTWorldModel(nn.Module):
             return self.velocity_teacher_forced(context, x, sigma, actions)
         B, T, N, C = x.shape
         prev = torch.cat([actions[:, :1], actions[:, : T - 1]], 1)      # frame f is conditioned on a_{f-1}
-        c = self.cond(sigma, prev, first_is_start=True).expand(B, T, N, -1).reshape(B, T * N, -1)
-        h = self.embed(x, 0).reshape(B, T * N, -1)
+        c, h = self.cond(sigma, prev, first_is_start=True), self.embed(x, 0)      # [B, T, 1, d], [B, T, N, d]
         mask = block_causal_mask(T, N, x.device)
         for blk in self.blocks:
             h, _ = blk(h, c, mask)
-        return self.head(h, c).view(B, T, N, C)
+        return self.head(h, c)
 
     def velocity_teacher_forced(self, clean: torch.Tensor, noisy: torch.Tensor, sigma: torch.Tensor,
                                 actions: torch.Tensor) -> torch.Tensor:
@@ -173,9 +175,8 @@ class DiTWorldModel(nn.Module):
         prev = torch.cat([actions[:, :1], actions[:, : Fr - 1]], 1)
         c_clean = self.cond(torch.zeros(B, Fr, device=clean.device), prev, first_is_start=True)
         c_noisy = self.cond(sigma, actions[:, : Fr - 1], first_is_start=False)
-        c = torch.cat([c_clean.expand(B, Fr, N, -1).reshape(B, Fr * N, -1),
-                       c_noisy.expand(B, Fr - 1, N, -1).reshape(B, (Fr - 1) * N, -1)], 1)
-        h = torch.cat([self.embed(clean, 0).reshape(B, Fr * N, -1), self.embed(noisy, 1).reshape(B, (Fr - 1) * N, -1)], 1)
+        c = torch.cat([c_clean, c_noisy], 1)                                     # [B, 2F-1, 1, d]
+        h = torch.cat([self.embed(clean, 0), self.embed(noisy, 1)], 1)           # [B, 2F-1, N, d]
         fc = torch.arange(Fr, device=clean.device).repeat_interleave(N)            # frame of each clean token
         fn = torch.arange(1, Fr, device=clean.device).repeat_interleave(N)         # frame of each noisy token
         mask = torch.cat([torch.cat([fc[None] <= fc[:, None], torch.zeros(len(fc), len(fn), dtype=torch.bool,
@@ -183,24 +184,41 @@ class DiTWorldModel(nn.Module):
                           torch.cat([fc[None] < fn[:, None], fn[None] == fn[:, None]], 1)], 0)
         for blk in self.blocks:
             h, _ = blk(h, c, mask)
-        return self.head(h[:, Fr * N:], c[:, Fr * N:]).view(B, Fr - 1, N, C)
+        return self.head(h[:, Fr:], c[:, Fr:])
 
     def step_frame(self, x: torch.Tensor, sigma: torch.Tensor, prev_action: torch.Tensor | None, index: int,
-                   cache: list | None) -> tuple[torch.Tensor, list]:
+                   cache: list | None, finished: tuple | None = None) -> tuple[torch.Tensor, list]:
         """One frame with the cached past: x [B, N, C], sigma [B], prev_action [B, 9] (None for frame 0)
-        -> (velocity [B, N, C], this frame's per-layer (k, v))."""
+        -> (velocity [B, N, C], this call's per-layer (k, v)).
+
+        finished = (z [B, N, C], sigma [B], its prev_action): the frame before, done but not yet cached,
+        rides along in the same pass (its tokens see the cache and themselves, this frame's see it too),
+        so the sampler needs no separate pass at sigma 0 per frame; the (k, v) returned then hold its N
+        tokens first (`split_cache`)."""
         B, N, C = x.shape
-        if prev_action is None:
-            a = self.a_start.expand(B, -1)
-        else:
-            a = self.action_embedding(prev_action[:, None])[:, 0]
-        c = (self.t_mlp(timestep_embedding(sigma, 256)) + a)[:, None]          # [B, 1, d]
-        h = self.embed(x[:, None], index)[:, 0]
+        frames = ([] if finished is None else [(finished[0], finished[1], finished[2], index - 1)]) + \
+            [(x, sigma, prev_action, index)]
+        hs, cs = [], []
+        for z, sig, act, i in frames:
+            a = self.a_start.expand(B, -1) if act is None else self.action_embedding(act[:, None])[:, 0]
+            cs.append((self.t_mlp(timestep_embedding(sig, 256)) + a)[:, None, None])     # [B, 1, 1, d]
+            hs.append(self.embed(z[:, None], i))                                         # [B, 1, N, d]
+        h, c = torch.cat(hs, 1), torch.cat(cs, 1)
+        mask = None
+        if finished is not None:          # the finished frame does not see the one being denoised
+            past = 0 if cache is None else cache[0][0].shape[2]
+            mask = torch.ones(2 * N, past + 2 * N, dtype=torch.bool, device=x.device)
+            mask[:N, past + N:] = False
         kvs = []
         for layer, blk in enumerate(self.blocks):
-            h, kv = blk(h, c, None, None if cache is None else cache[layer])
+            h, kv = blk(h, c, mask, None if cache is None else cache[layer])
             kvs.append(kv)
-        return self.head(h, c), kvs
+        return self.head(h[:, -1], c[:, -1]), kvs
+
+
+def split_cache(kvs: list, n: int) -> tuple[list, list]:
+    """Per-layer (k, v) of a call that carried a finished frame -> (its first n tokens', the rest's)."""
+    return [(k[:, :, :n], v[:, :, :n]) for k, v in kvs], [(k[:, :, n:], v[:, :, n:]) for k, v in kvs]
 
 
 def append_cache(cache: list | None, kvs: list) -> list:

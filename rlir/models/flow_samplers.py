@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlir.models.dit_world_model import DiTWorldModel, append_cache
+from rlir.models.dit_world_model import DiTWorldModel, append_cache, split_cache
 
 
 def flow_sigmas(steps: int, shift: float = 1.0) -> torch.Tensor:
@@ -107,7 +107,7 @@ class SDETrajectory:
 def rollout(model: DiTWorldModel, z0: torch.Tensor, actions: torch.Tensor, frames: int, steps: int = 18,
             mode: str = "ode", solver: str = "dpm++", eta: float = 0.75, shift: float = 1.0,
             generator=None, context_sigma: float = 0.0, window_start: torch.Tensor | None = None,
-            window: int = 0, outer_steps: int = 0):
+            window: int = 0, outer_steps: int = 0, fold_cache: bool = True):
     """Generate frames 1..frames-1 from frame 0's latents z0 [B, N, C] under actions [B, >=frames-1, 9].
 
     mode 'ode': returns latents [B, F, N, C]. mode 'sde' (Flow-GRPO): returns an SDETrajectory.
@@ -120,7 +120,8 @@ def rollout(model: DiTWorldModel, z0: torch.Tensor, actions: torch.Tensor, frame
     that `score_steps` reads for the trained steps; the others stay zero.
     The finished frames' keys/values are cached, computed once at sigma = 0, or (ODE only) after
     re-noising each frame to `context_sigma` (diffusion forcing's stabilisation; the SDE's scorer
-    assumes a clean context, so it refuses this).
+    assumes a clean context, so it refuses this). With `fold_cache` a finished frame's keys are computed
+    in the next frame's first denoiser call (`FrameDenoiser`), not in a pass of their own.
     generator: a torch.Generator, or GroupGenerators (rlir/utils/rand.py) for per-group draws."""
     from rlir.utils.rand import randn
     if context_sigma and mode != "ode":
@@ -128,12 +129,13 @@ def rollout(model: DiTWorldModel, z0: torch.Tensor, actions: torch.Tensor, frame
     B, N, C = z0.shape
     ctx_sigma = torch.full((B,), float(context_sigma), device=z0.device)
 
-    def cache_frame(z, a, f, cache):
+    def finished(z, a):
+        """A done frame as the cache will hold it: clean, or re-noised to context_sigma."""
         if context_sigma:
             z = (1 - context_sigma) * z + context_sigma * randn(z.shape, generator, z0.device)
-        return append_cache(cache, model.step_frame(z, ctx_sigma, a, f, cache)[1])
+        return z, ctx_sigma, a
 
-    cache = cache_frame(z0, None, 0, None)
+    cache, done = None, finished(z0, None)
     out, traj, logps = [z0], [], []
     s = flow_sigmas(steps, shift)
     flash = mode == "sde" and window and outer_steps
@@ -142,24 +144,18 @@ def rollout(model: DiTWorldModel, z0: torch.Tensor, actions: torch.Tensor, frame
     for f in range(1, frames):
         a = actions[:, f - 1]
         x = randn((B, N, C), generator, z0.device)
+        den = FrameDenoiser(model, cache, done, a, f, fold_cache)
         if flash:
-            x, xs, lps = _flash_frame(lambda x_, sig, a=a, f=f: model.step_frame(x_, sig, a, f, cache)[0],
-                                      x, s.to(z0.device), sched, window, eta, generator)
+            x, xs, lps = _flash_frame(den, x, s.to(z0.device), sched, window, eta, generator)
             traj.append(xs)
             logps.append(lps)
-            cache = cache_frame(x, a, f, cache)
-            out.append(x)
-            continue
-
-        def velocity(x_, sigma, a=a, f=f):
-            return model.step_frame(x_, torch.full((B,), sigma, device=z0.device), a, f, cache)[0]
-        if mode == "ode":
-            x = ode_solve(velocity, x, steps, solver, shift)
+        elif mode == "ode":
+            x = ode_solve(lambda x_, sigma: den(x_, torch.full((B,), sigma, device=z0.device)), x, steps, solver, shift)
         elif mode == "sde":
             xs, lps = [x], []
             for i in range(steps):
                 noise = randn(x.shape, generator, z0.device)        # drawn at every step: same streams
-                v = velocity(x, float(s[i]))
+                v = den(x, torch.full((B,), float(s[i]), device=z0.device))
                 x_sde, _, _, lp = sde_step(x, v, s[i], s[i + 1], eta, float(s[1]), noise)
                 if window:
                     inside = (window_start <= i) & (i < window_start + window)              # [B]
@@ -173,12 +169,32 @@ def rollout(model: DiTWorldModel, z0: torch.Tensor, actions: torch.Tensor, frame
             logps.append(torch.stack(lps, 1))
         else:
             raise ValueError(f"mode must be 'ode' or 'sde', got {mode!r}")
-        cache = cache_frame(x, a, f, cache)
+        cache, done = den.cache, finished(x, a)     # the last frame's keys are never needed: no pass for them
         out.append(x)
     latents = torch.stack(out, 1)
     if mode == "ode":
         return latents
     return SDETrajectory(latents, torch.stack(traj, 1), torch.stack(logps, 1), s, eta)
+
+
+class FrameDenoiser:
+    """The velocity of frame `index` under `action` with the cached past. The frame before it, done but not
+    yet cached (`finished` = (z, sigma, its action)), rides along with the first call (fold) or gets a pass
+    of its own first: the same keys either way, one call a frame fewer folded. `cache` then holds it."""
+
+    def __init__(self, model: DiTWorldModel, cache: list | None, finished: tuple, action, index: int, fold: bool = True):
+        self.model, self.cache, self.finished, self.action, self.index = model, cache, finished, action, index
+        if not fold:
+            z, sig, a = finished
+            self.cache = append_cache(cache, model.step_frame(z, sig, a, index - 1, cache)[1])
+            self.finished = None
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        if self.finished is None:
+            return self.model.step_frame(x, sigma, self.action, self.index, self.cache)[0]
+        v, kvs = self.model.step_frame(x, sigma, self.action, self.index, self.cache, finished=self.finished)
+        self.cache, self.finished = append_cache(self.cache, split_cache(kvs, x.shape[1])[0]), None
+        return v
 
 
 def _flash_frame(velocity, x, s, sched, window: int, eta: float, generator):

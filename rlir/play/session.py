@@ -240,9 +240,8 @@ def prime_dit_cache(model, latents: torch.Tensor, actions: torch.Tensor) -> list
     from rlir.models.dit_world_model import block_causal_mask
     B, K, N, _ = latents.shape
     prev = torch.cat([actions.new_zeros(B, 1, N_GROUPS), actions], 1)          # frame 0's entry is unused
-    c = model.cond(torch.zeros(B, K, device=latents.device), prev, first_is_start=True)
-    c = c.expand(B, K, N, -1).reshape(B, K * N, -1)
-    h, mask, cache = model.embed(latents, 0).reshape(B, K * N, -1), block_causal_mask(K, N, latents.device), []
+    c = model.cond(torch.zeros(B, K, device=latents.device), prev, first_is_start=True)     # [B, K, 1, d]
+    h, mask, cache = model.embed(latents, 0), block_causal_mask(K, N, latents.device), []
     for blk in model.blocks:
         h, kv = blk(h, c, mask)
         cache.append(kv)

@@ -111,37 +111,40 @@ class BudgetFit:
     """Sizes a run to its wall-clock budget on whatever machine it runs on.
 
     A schedule fixed from a per-step estimate ends early on a faster CPU and is cut off on a slower
-    one. With `cfg.fit_budget` and `cfg.max_minutes`, the steps `skip` .. `skip + probe` after the
-    start are timed, and `cfg.steps` becomes the steps the rest of the budget holds at that rate
-    (less `margin` for evaluations and checkpoints); `cfg.eval_every` scales with it, and a cosine
-    schedule built on `lambda: cfg.steps` ends where the clock does. The fitted length is kept in
-    the train state (`state()`), so a resumed run does not fit again."""
+    one. With `cfg.fit_budget` and `cfg.max_minutes`, the rate is timed from step `skip` on (the first
+    steps pay for allocations), and after `probe` timed steps `cfg.steps` becomes the steps the rest of
+    the budget holds at that rate, less `margin`. The fit is redone every eighth of the run with the
+    rate averaged since the probe began (evaluations and any slow moment included), so a busy probe
+    does not mis-size the run; `cfg.eval_every` scales with it, and a cosine schedule built on
+    `lambda: cfg.steps` ends where the clock does. The fitted length is kept in the train state
+    (`state()`), and a resumed run keeps it."""
 
-    def __init__(self, cfg: LoopConfig, d, meta: dict | None, skip: int = 3, probe: int = 12, margin: float = 0.92):
+    def __init__(self, cfg: LoopConfig, d, meta: dict | None, skip: int = 3, probe: int = 12, margin: float = 0.95):
         self.cfg, self.d, self.skip, self.probe, self.margin = cfg, d, skip, probe, margin
         self.active = bool(cfg.fit_budget and cfg.max_minutes > 0)
         self.fitted = (meta or {}).get("fitted_steps")
-        if self.fitted:                                   # resumed after the fit: the same length as before
+        self.resumed = bool(self.fitted)
+        self.guess = (cfg.steps, cfg.eval_every)        # eval_every keeps its share of the run's length
+        if self.resumed:                                  # resumed after the fit: the same length as before
             self._set(self.fitted)
         elif self.active and cfg.steps <= skip + probe:   # a guess too short to time: run long enough to fit
             self._set(skip + probe + 1)
         self.t_budget0 = time.time()                      # max_minutes counts from this start, as step_stats does
-        self.t_probe0, self.n0 = None, 0
+        self.t_probe0, self.n0, self.seen, self.next_fit = None, 0, 0, 0
 
     def _set(self, steps: int) -> None:
-        old = self.cfg.steps
         self.cfg.steps = max(1, int(steps))
-        self.cfg.eval_every = max(1, round(self.cfg.eval_every * self.cfg.steps / old))
+        self.cfg.eval_every = max(1, round(self.guess[1] * self.cfg.steps / self.guess[0]))
 
     def after_step(self, step: int, bar=None) -> None:
-        if not self.active or self.fitted:
+        if not self.active or self.resumed:
             return
         if self.t_probe0 is None:
-            self.n0 += 1
-            if self.n0 == self.skip:                      # the first steps pay for allocations and warm caches
-                self.t_probe0, self.n0 = time.time(), step
+            self.seen += 1
+            if self.seen == self.skip:
+                self.t_probe0, self.n0, self.next_fit = time.time(), step, step + self.probe
             return
-        if step - self.n0 < self.probe:
+        if step < self.next_fit:
             return
         now = time.time()
         per_step = (now - self.t_probe0) / (step - self.n0)
@@ -150,6 +153,7 @@ class BudgetFit:
         fit = int(self.d.mean({"steps": float(fit)})["steps"])          # every rank the same length
         self.fitted = max(step + 1, fit)
         self._set(self.fitted)
+        self.next_fit = step + max(self.probe, self.fitted // 8)
         if bar is not None:
             bar.total = self.cfg.steps
             bar.refresh()
