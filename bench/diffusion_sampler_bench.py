@@ -4,8 +4,9 @@ Side by side in one run: the ODE sampler as evaluated (DPM-Solver++, 18 steps), 
 DPM-Solver++ with 10 steps, and Flow-GRPO's SDE sampler as used for RL rollouts (10 steps, noise level
 0.75), with MixGRPO's window of 2 SDE steps (Euler on the grid elsewhere), and MixGRPO-Flash's (at most 2
 DPM-Solver++ steps before and after the window), all frame by frame with the finished frames' keys/values
-cached in a pass of their own; the `_fold` runs compute them inside the next frame's first denoiser call
-(`fold_cache`, the samplers' default now). Each in float32 (the old path)
+cached in a pass of their own and concatenated at every call; the `_fold` runs compute them inside the next
+frame's first denoiser call (`fold_cache`), `_prealloc` keeps them in preallocated buffers (`KVCache`; both the
+samplers' defaults now). Each in float32 (the old path)
 and under bf16 autocast (the SDE step itself stays float32), from the same noise. Frames/s = batch *
 (frames - 1) / seconds; `speedup_vs_fp32` is each bf16 path against its own float32 run;
 `max_rel_diff_vs_fp32` the largest |bf16 - fp32| of the final latents over their std.
@@ -65,10 +66,13 @@ def main() -> None:
             # the 10-step grid outside the window, or (MixGRPO-Flash) at most 2 DPM-Solver++ steps each side
             "sde_10_window2": dict(mode="sde", steps=10, eta=0.75, window=2, window_start=starts),
             "sde_10_window2_flash2": dict(mode="sde", steps=10, eta=0.75, window=2, window_start=starts, outer_steps=2)}
-    runs = {k: {**kw, "fold_cache": False} for k, kw in runs.items()}     # each finished frame cached in its own pass
-    # the finished frame's keys computed inside the next frame's first denoiser call (one call a frame fewer)
-    runs["ode_dpm++_10_fold"] = {**runs["ode_dpm++_10"], "fold_cache": True}
-    runs["sde_10_window2_flash2_fold"] = {**runs["sde_10_window2_flash2"], "fold_cache": True}
+    # the old cache: each finished frame in a pass of its own, the past concatenated at every call
+    runs = {k: {**kw, "fold_cache": False, "prealloc_cache": False} for k, kw in runs.items()}
+    # fold: a finished frame's keys computed inside the next frame's first denoiser call (a call a frame
+    # fewer); prealloc: the past kept in preallocated buffers; both are the samplers' defaults now
+    for k in ("ode_dpm++_10", "sde_10_window2_flash2"):
+        runs[f"{k}_fold"] = {**runs[k], "fold_cache": True}
+        runs[f"{k}_fold_prealloc"] = {**runs[k], "fold_cache": True, "prealloc_cache": True}
     precisions = [x for x in a.precisions.split(",") if x]
     if not precisions or set(precisions) - {"fp32", "bf16"}:
         raise SystemExit(f"--precisions takes fp32 and/or bf16, got {a.precisions!r}")

@@ -72,15 +72,16 @@ def test_a_finished_frame_cached_inside_the_next_frames_call_is_the_separate_pas
 @pytest.mark.parametrize("kw", [dict(mode="ode", steps=4), dict(mode="ode", steps=4, solver="euler", context_sigma=0.1),
                                 dict(mode="sde", steps=5, window=2, window_start=torch.tensor([0, 1, 3])),
                                 dict(mode="sde", steps=6, window=2, window_start=torch.tensor([0, 2, 4]), outer_steps=1)])
-def test_rollout_with_the_cache_folded_is_the_rollout_with_its_own_pass(kw):
+def test_rollout_with_the_cache_folded_or_preallocated_is_the_rollout_with_its_own_pass(kw):
     m = _model()
     x, _, a = _inputs()
-    r = [rollout(m, x[:, 0], a, CFG.clip_len, generator=torch.Generator().manual_seed(1), fold_cache=fold, **kw)
-         for fold in (True, False)]
-    if kw["mode"] == "ode":
-        assert (r[0] - r[1]).abs().max() < 1e-5
-    else:
-        assert (r[0].latents - r[1].latents).abs().max() < 1e-5 and (r[0].logps - r[1].logps).abs().max() < 1e-5
+    r = [rollout(m, x[:, 0], a, CFG.clip_len, generator=torch.Generator().manual_seed(1), fold_cache=fold,
+                 prealloc_cache=pre, **kw) for fold, pre in ((False, False), (True, False), (False, True), (True, True))]
+    for other in r[1:]:
+        if kw["mode"] == "ode":
+            assert (other - r[0]).abs().max() < 1e-5
+        else:
+            assert (other.latents - r[0].latents).abs().max() < 1e-5 and (other.logps - r[0].logps).abs().max() < 1e-5
 
 
 def test_clean_context_loss_is_the_samplers_situation_frame_by_frame():

@@ -78,7 +78,9 @@ class Attention(nn.Module):
         B, L, d = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.h, d // self.h).permute(2, 0, 3, 1, 4)
         kv = (k, v)
-        if past is not None:
+        if isinstance(past, LayerKV):           # preallocated: written after the cached tokens, no copy of them
+            k, v = past.extend(k, v)
+        elif past is not None:
             k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(y.transpose(1, 2).reshape(B, L, d)), kv
@@ -206,14 +208,51 @@ class DiTWorldModel(nn.Module):
         h, c = torch.cat(hs, 1), torch.cat(cs, 1)
         mask = None
         if finished is not None:          # the finished frame does not see the one being denoised
-            past = 0 if cache is None else cache[0][0].shape[2]
+            past = 0 if cache is None else len(cache) if isinstance(cache, KVCache) else cache[0][0].shape[2]
             mask = torch.ones(2 * N, past + 2 * N, dtype=torch.bool, device=x.device)
             mask[:N, past + N:] = False
         kvs = []
         for layer, blk in enumerate(self.blocks):
-            h, kv = blk(h, c, mask, None if cache is None else cache[layer])
+            h, kv = blk(h, c, mask, None if cache is None else cache.layer(layer) if isinstance(cache, KVCache)
+                        else cache[layer])
             kvs.append(kv)
         return self.head(h[:, -1], c[:, -1]), kvs
+
+
+class KVCache:
+    """The finished frames' keys and values, per layer, in buffers preallocated for `capacity` tokens.
+    A call writes its own tokens right after the cached ones and attends to that prefix (no per-call
+    concatenation of the whole past); `commit(n)` keeps the first n tokens of the last call's."""
+
+    def __init__(self, n_layers: int, capacity: int):
+        self.k: list = [None] * n_layers
+        self.v: list = [None] * n_layers
+        self.n, self.capacity = 0, capacity
+
+    def __len__(self) -> int:
+        return self.n
+
+    def layer(self, i: int) -> "LayerKV":
+        return LayerKV(self, i)
+
+    def commit(self, n: int) -> None:
+        self.n += n
+
+
+class LayerKV:
+    def __init__(self, cache: KVCache, i: int):
+        self.cache, self.i = cache, i
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c, i, end = self.cache, self.i, self.cache.n + k.shape[2]
+        if end > c.capacity:
+            raise ValueError(f"KVCache holds {c.capacity} tokens, a call needs {end}")
+        if c.k[i] is None:
+            c.k[i] = k.new_empty(*k.shape[:2], c.capacity, k.shape[3])
+            c.v[i] = v.new_empty(*v.shape[:2], c.capacity, v.shape[3])
+        c.k[i][:, :, c.n:end] = k
+        c.v[i][:, :, c.n:end] = v
+        return c.k[i][:, :, :end], c.v[i][:, :, :end]
 
 
 def split_cache(kvs: list, n: int) -> tuple[list, list]:

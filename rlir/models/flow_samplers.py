@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlir.models.dit_world_model import DiTWorldModel, append_cache, split_cache
+from rlir.models.dit_world_model import DiTWorldModel, KVCache, append_cache, split_cache
 
 
 def flow_sigmas(steps: int, shift: float = 1.0) -> torch.Tensor:
@@ -107,7 +107,7 @@ class SDETrajectory:
 def rollout(model: DiTWorldModel, z0: torch.Tensor, actions: torch.Tensor, frames: int, steps: int = 18,
             mode: str = "ode", solver: str = "dpm++", eta: float = 0.75, shift: float = 1.0,
             generator=None, context_sigma: float = 0.0, window_start: torch.Tensor | None = None,
-            window: int = 0, outer_steps: int = 0, fold_cache: bool = True):
+            window: int = 0, outer_steps: int = 0, fold_cache: bool = True, prealloc_cache: bool = True):
     """Generate frames 1..frames-1 from frame 0's latents z0 [B, N, C] under actions [B, >=frames-1, 9].
 
     mode 'ode': returns latents [B, F, N, C]. mode 'sde' (Flow-GRPO): returns an SDETrajectory.
@@ -121,7 +121,8 @@ def rollout(model: DiTWorldModel, z0: torch.Tensor, actions: torch.Tensor, frame
     The finished frames' keys/values are cached, computed once at sigma = 0, or (ODE only) after
     re-noising each frame to `context_sigma` (diffusion forcing's stabilisation; the SDE's scorer
     assumes a clean context, so it refuses this). With `fold_cache` a finished frame's keys are computed
-    in the next frame's first denoiser call (`FrameDenoiser`), not in a pass of their own.
+    in the next frame's first denoiser call (`FrameDenoiser`), not in a pass of their own; with
+    `prealloc_cache` they are kept in preallocated buffers (`KVCache`), not concatenated at every call.
     generator: a torch.Generator, or GroupGenerators (rlir/utils/rand.py) for per-group draws."""
     from rlir.utils.rand import randn
     if context_sigma and mode != "ode":
@@ -135,7 +136,8 @@ def rollout(model: DiTWorldModel, z0: torch.Tensor, actions: torch.Tensor, frame
             z = (1 - context_sigma) * z + context_sigma * randn(z.shape, generator, z0.device)
         return z, ctx_sigma, a
 
-    cache, done = None, finished(z0, None)
+    cache = KVCache(len(model.blocks), frames * N) if prealloc_cache else None
+    done = finished(z0, None)
     out, traj, logps = [z0], [], []
     s = flow_sigmas(steps, shift)
     flash = mode == "sde" and window and outer_steps
@@ -180,20 +182,29 @@ def rollout(model: DiTWorldModel, z0: torch.Tensor, actions: torch.Tensor, frame
 class FrameDenoiser:
     """The velocity of frame `index` under `action` with the cached past. The frame before it, done but not
     yet cached (`finished` = (z, sigma, its action)), rides along with the first call (fold) or gets a pass
-    of its own first: the same keys either way, one call a frame fewer folded. `cache` then holds it."""
+    of its own first: the same keys either way, one call a frame fewer folded. `cache` (a KVCache, or the
+    per-layer (k, v) list that append_cache grows) then holds it."""
 
-    def __init__(self, model: DiTWorldModel, cache: list | None, finished: tuple, action, index: int, fold: bool = True):
+    def __init__(self, model: DiTWorldModel, cache, finished: tuple, action, index: int, fold: bool = True):
         self.model, self.cache, self.finished, self.action, self.index = model, cache, finished, action, index
         if not fold:
             z, sig, a = finished
-            self.cache = append_cache(cache, model.step_frame(z, sig, a, index - 1, cache)[1])
+            kvs = model.step_frame(z, sig, a, index - 1, cache)[1]
+            self._keep(kvs, z.shape[1])
             self.finished = None
+
+    def _keep(self, kvs: list, n: int) -> None:
+        if isinstance(self.cache, KVCache):
+            self.cache.commit(n)
+        else:
+            self.cache = append_cache(self.cache, split_cache(kvs, n)[0])
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if self.finished is None:
             return self.model.step_frame(x, sigma, self.action, self.index, self.cache)[0]
         v, kvs = self.model.step_frame(x, sigma, self.action, self.index, self.cache, finished=self.finished)
-        self.cache, self.finished = append_cache(self.cache, split_cache(kvs, x.shape[1])[0]), None
+        self._keep(kvs, x.shape[1])
+        self.finished = None
         return v
 
 
