@@ -167,7 +167,7 @@ def test_diffusion_policy_ratio_is_one_at_rollout_parameters_for_every_selected_
 
 
 def test_diffusion_bf16_rollouts_keep_float32_latents_and_the_ratio_at_one():
-    """rollout_precision bf16 (DiT): the transformer under bf16 autocast, the SDE step in float32; the first
+    """rollout_precision bf16 (DiT): a bfloat16 copy of the transformer, the SDE step in float32; the first
     pass's "old" log-probs are the float32 scorer's, so the ratio is exactly 1, and the sampler's own
     log-probs differ from them by bf16 rounding of the velocity only (stated tolerance: 0.5 per
     dimension-averaged log-prob, against the float32 sampler's 1e-4)."""
@@ -182,7 +182,11 @@ def test_diffusion_bf16_rollouts_keep_float32_latents_and_the_ratio_at_one():
     assert 0 < gap < 0.5                                             # the same draws, bf16-rounded velocities
     m = pol.accumulate(ro, torch.tensor([1.0, 0.0, -1.0]), 1.0)
     assert m["ratio_mean"] == pytest.approx(1.0) and 1e-4 < m["logp_mismatch"] < 0.5
-    assert next(model.parameters()).dtype == torch.float32
+    assert next(model.parameters()).dtype == torch.float32 and next(pol._shadow.parameters()).dtype == torch.bfloat16
+    with torch.no_grad():                       # the copy follows the trained weights at the next rollout
+        next(model.parameters()).add_(0.5)
+    pol.rollout(frame0, actions, torch.Generator().manual_seed(0))
+    assert torch.allclose(next(pol._shadow.parameters()).float(), next(model.parameters()), atol=0.05)
 
 
 # --- the trainer end to end ----------------------------------------------------------------------

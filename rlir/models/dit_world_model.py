@@ -63,7 +63,8 @@ def timestep_embedding(sigma: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def modulate(x, shift, scale):
-    return x * (1 + scale) + shift
+    """x * (1 + scale) + shift in one elementwise pass over x (scale and shift are per frame, small)."""
+    return torch.addcmul(shift, x, 1 + scale)
 
 
 class Attention(nn.Module):
@@ -102,9 +103,9 @@ class DiTBlock(nn.Module):
         B, Fr, N, d = x.shape
         s1, sc1, g1, s2, sc2, g2 = self.ada(c).chunk(6, -1)
         a, kv = self.attn(modulate(self.norm1(x), s1, sc1).reshape(B, Fr * N, d), mask, past)
-        x = x + g1 * a.view(B, Fr, N, d)
+        x = torch.addcmul(x, g1, a.view(B, Fr, N, d))                 # x + g1 * attn: one pass over x
         u, g = self.w12(modulate(self.norm2(x), s2, sc2)).chunk(2, -1)
-        return x + g2 * self.w3(F.silu(u) * g), kv
+        return torch.addcmul(x, g2, self.w3(F.silu(u) * g)), kv
 
 
 class DiTWorldModel(nn.Module):

@@ -49,7 +49,7 @@ class GRPOConfig(LoopConfig):
     gamma: float = 0.0                       # frame advantages: reward-to-go discount (0: the frame's own reward)
     reward_groups: str = "shown"             # balanced / f1_gain modes: shown (camera direction included) |
                                              # discrete (the 7-group F1's groups only, camera left out)
-    rollout_precision: str = "fp32"          # fp32 | bf16: training rollouts (AR: bf16 weights; DiT: autocast); loss fp32
+    rollout_precision: str = "fp32"          # fp32 | bf16: training rollouts (a bf16 copy of the weights); loss fp32
     preference_fn: str | None = None         # "module:function" scoring a video, for the preference reward
     prompt_clips: int = 0                    # 0: any training window; N: a fixed set of N training clips
     dynamic_sampling: str = "none"           # none | drop (zero-std groups out of the loss) | resample

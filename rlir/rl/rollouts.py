@@ -42,6 +42,19 @@ class Rollouts:
                         {k: torch.cat([p.data[k] for p in parts]) for k in parts[0].data}, {})
 
 
+def bf16_shadow(model, shadow, rollout_precision: str):
+    """A bfloat16 copy of `model` for the training rollouts (created once, refreshed with the current
+    weights at every call), or None: float32 rollouts, or an FSDP-sharded model (its DTensors stay put)."""
+    if rollout_precision != "bf16" or any(type(p).__name__ == "DTensor" for p in model.parameters()):
+        return None
+    if shadow is None:
+        import copy
+        return copy.deepcopy(model).to(torch.bfloat16).eval()
+    for a, b in zip(shadow.parameters(), model.parameters()):
+        a.data.copy_(b.data)
+    return shadow
+
+
 class ARPolicy:
     paradigm = "ar"
 
@@ -58,15 +71,8 @@ class ARPolicy:
         projections run 3-4x faster on a CPU with avx512_bf16; attention, log-probs and the loss stay
         float32, and the first pass's "old" log-probs are the float32 model's, so the ratio is still 1).
         Under FSDP the float32 model itself."""
-        if self.rollout_precision != "bf16" or any(type(p).__name__ == "DTensor" for p in self.model.parameters()):
-            return self.model
-        if self._shadow is None:
-            import copy
-            self._shadow = copy.deepcopy(self.model).to(torch.bfloat16).eval()
-        else:
-            for a, b in zip(self._shadow.parameters(), self.model.parameters()):
-                a.data.copy_(b.data)
-        return self._shadow
+        self._shadow = bf16_shadow(self.model, self._shadow, self.rollout_precision)
+        return self.model if self._shadow is None else self._shadow
 
     @torch.no_grad()
     def rollout(self, frame0: torch.Tensor, actions: torch.Tensor, generator: torch.Generator,
@@ -152,7 +158,7 @@ class DiffusionPolicy:
                  beta: float = 0.0, eval_steps: int = 18, sde_window: int = 0, sde_outer_steps: int = 0,
                  rollout_precision: str = "fp32", **_):
         self.model, self.cfg, self.codec, self.frames = model, cfg, codec, frames
-        self.rollout_precision = rollout_precision
+        self.rollout_precision, self._shadow = rollout_precision, None
         self.sde_steps, self.eta, self.eval_steps, self.window = sde_steps, noise_level, eval_steps, sde_window
         self.outer_steps = sde_outer_steps
         self.n_train_steps = sde_window or min(sde_steps - 1, max(1, math.ceil(timestep_fraction * sde_steps - 1e-9)))
@@ -179,10 +185,14 @@ class DiffusionPolicy:
             u = rand((len(groups) if isinstance(groups, GroupGenerators) else 1,), groups, generator.device)
             n_starts = self.sde_steps - self.window
             start = (u * n_starts).long().clamp(max=n_starts - 1).repeat_interleave(B // len(u)).to(dev)
-        # bf16: the transformer's matmuls under autocast; the SDE step, its noise and log-prob stay float32
-        # (sde_step casts), and the first pass's "old" log-probs are the float32 scorer's, so the ratio is 1
+        # bf16: a bfloat16 copy of the weights (the whole transformer in bf16: no casts of the residual
+        # stream at every op), under autocast for the float32 inputs; the SDE step, its noise and log-prob
+        # stay float32 (sde_step casts), and the first pass's "old" log-probs are the float32 scorer's, so
+        # the ratio is 1 (the sampler's own are logged against them as logp_mismatch)
+        self._shadow = bf16_shadow(self.model, self._shadow, self.rollout_precision)
         with torch.autocast(dev.type, torch.bfloat16, enabled=self.rollout_precision == "bf16"):
-            tr = rollout(self.model, z0, actions.to(dev), self.frames, steps=self.sde_steps, mode="sde",
+            sampler = self.model if self._shadow is None else self._shadow
+            tr = rollout(sampler, z0, actions.to(dev), self.frames, steps=self.sde_steps, mode="sde",
                          eta=self.eta, generator=generator, window_start=start, window=self.window,
                          outer_steps=self.outer_steps)
         video = self.codec.decode(tr.latents).cpu()
