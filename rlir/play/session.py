@@ -253,17 +253,19 @@ class DiTSession(PlaySession):
 
     def _prime(self) -> None:
         self.cache = prime_dit_cache(self.pm.model, torch.stack(self.window, 1), self._between())
+        self.pending = None      # the last generated frame, not yet cached: it rides along with the next call
 
     def _next(self, a: torch.Tensor) -> torch.Tensor:
-        from rlir.models.dit_world_model import append_cache
-        from rlir.models.flow_samplers import ode_solve
+        from rlir.models.flow_samplers import FrameDenoiser, ode_solve
         from rlir.utils.rand import randn
         m, f, z0 = self.pm.model, len(self.window), self.window[0]
         sigma = lambda s: torch.full((1,), s, device=self.dev)                 # noqa: E731
         x = randn(z0.shape, self.gen, self.dev)
-        x = ode_solve(lambda x_, s: m.step_frame(x_, sigma(s), a, f, self.cache)[0], x, self.pm.steps,
-                      self.pm.solver)
-        self.cache = append_cache(self.cache, m.step_frame(x, sigma(0.0), a, f, self.cache)[1])
+        # as the samplers do (fold_cache): the previous frame's keys come with this frame's first denoiser
+        # call, so a key press costs no separate pass at sigma 0 after its frame
+        den = FrameDenoiser(m, self.cache, self.pending, a, f)
+        x = ode_solve(lambda x_, s: den(x_, sigma(s)), x, self.pm.steps, self.pm.solver)
+        self.cache, self.pending = den.cache, (x, sigma(0.0), a)
         return x                                                                # [1, N, C]
 
 
