@@ -55,7 +55,21 @@ def bf16_shadow(model, shadow, rollout_precision: str):
     return shadow
 
 
-class ARPolicy:
+class BF16Sampler:
+    """What both policies share about `rollout_precision: bf16`: the model their training rollouts sample from."""
+    model: torch.nn.Module
+    rollout_precision: str
+    _shadow = None
+
+    def sampler_model(self):
+        """bf16: a bfloat16 copy of the current weights (the projections run 3-4x faster on a CPU with
+        avx512_bf16; log-probs and the loss stay float32, and the first pass's "old" log-probs are the float32
+        model's, so the ratio is still 1). Otherwise, and under FSDP, the float32 model itself."""
+        self._shadow = bf16_shadow(self.model, self._shadow, self.rollout_precision)
+        return self.model if self._shadow is None else self._shadow
+
+
+class ARPolicy(BF16Sampler):
     paradigm = "ar"
 
     def __init__(self, model, cfg, codec, frames: int, temperature: float = 1.0, top_p: float = 1.0,
@@ -64,15 +78,7 @@ class ARPolicy:
         self.model, self.cfg, self.codec, self.frames = model, cfg, codec, frames
         self.temperature, self.top_p = temperature, top_p
         self.loss_kw = dict(epsilon=epsilon, epsilon_high=epsilon_high, beta=beta, loss_type=loss_type)
-        self.rollout_precision, self._shadow = rollout_precision, None
-
-    def sampler_model(self):
-        """The model the training rollouts sample from. bf16: a bfloat16 copy of the current weights (the
-        projections run 3-4x faster on a CPU with avx512_bf16; attention, log-probs and the loss stay
-        float32, and the first pass's "old" log-probs are the float32 model's, so the ratio is still 1).
-        Under FSDP the float32 model itself."""
-        self._shadow = bf16_shadow(self.model, self._shadow, self.rollout_precision)
-        return self.model if self._shadow is None else self._shadow
+        self.rollout_precision = rollout_precision
 
     @torch.no_grad()
     def rollout(self, frame0: torch.Tensor, actions: torch.Tensor, generator: torch.Generator,
@@ -150,7 +156,7 @@ class ARPolicy:
         return metrics
 
 
-class DiffusionPolicy:
+class DiffusionPolicy(BF16Sampler):
     paradigm = "diffusion"
 
     def __init__(self, model, cfg, codec, frames: int, sde_steps: int = 10, noise_level: float = 0.75,
@@ -158,7 +164,7 @@ class DiffusionPolicy:
                  beta: float = 0.0, eval_steps: int = 18, sde_window: int = 0, sde_outer_steps: int = 0,
                  rollout_precision: str = "fp32", **_):
         self.model, self.cfg, self.codec, self.frames = model, cfg, codec, frames
-        self.rollout_precision, self._shadow = rollout_precision, None
+        self.rollout_precision = rollout_precision
         self.sde_steps, self.eta, self.eval_steps, self.window = sde_steps, noise_level, eval_steps, sde_window
         self.outer_steps = sde_outer_steps
         self.n_train_steps = sde_window or min(sde_steps - 1, max(1, math.ceil(timestep_fraction * sde_steps - 1e-9)))
@@ -189,10 +195,8 @@ class DiffusionPolicy:
         # stream at every op), under autocast for the float32 inputs; the SDE step, its noise and log-prob
         # stay float32 (sde_step casts), and the first pass's "old" log-probs are the float32 scorer's, so
         # the ratio is 1 (the sampler's own are logged against them as logp_mismatch)
-        self._shadow = bf16_shadow(self.model, self._shadow, self.rollout_precision)
         with torch.autocast(dev.type, torch.bfloat16, enabled=self.rollout_precision == "bf16"):
-            sampler = self.model if self._shadow is None else self._shadow
-            tr = rollout(sampler, z0, actions.to(dev), self.frames, steps=self.sde_steps, mode="sde",
+            tr = rollout(self.sampler_model(), z0, actions.to(dev), self.frames, steps=self.sde_steps, mode="sde",
                          eta=self.eta, generator=generator, window_start=start, window=self.window,
                          outer_steps=self.outer_steps)
         video = self.codec.decode(tr.latents).cpu()
