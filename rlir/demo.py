@@ -32,9 +32,12 @@ class DemoConfig:
                                          # privileged targets); RLIR's reward reads the two as an ensemble
     judge_minutes: float = 3.0
     codec_minutes: float = 4.0
+    ar_codec: str = "configs/tokenizer/tiny_3x4.yaml"   # the AR model's VQ tokenizer: 12 codes a frame, so the
+                                         # world model trains 2.7x the steps and RLIR rolls out 4x the frames a
+                                         # minute of the tiny tokenizer's 48 (configs/tokenizer/tiny.yaml)
     wm_minutes: float = 8.0
-    posttrain_minutes: float = 5.0
-    posttrain_steps: int = 60           # a cap: the RL stage runs until posttrain_minutes (constant lr)
+    posttrain_minutes: float = 6.0
+    posttrain_steps: int = 300          # a cap: the RL stage runs until posttrain_minutes (constant lr)
     eval_clips: int = 96                 # 48 gave paired intervals that swung by 0.014 against 96 of the same policy
     precision: str = "bf16"              # training stages under bf16 autocast: 1.2-1.8x the steps a minute on
                                          # a CPU with bf16 units; fp32 on a CPU without them (bf16 is slow there)
@@ -49,6 +52,8 @@ class DemoConfig:
         for name in budgets:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not Path(self.ar_codec).is_file():
+            raise ConfigError(f"ar_codec: no tokenizer config at {self.ar_codec!r}")
         if not self.flow_idm_minutes >= 0:
             raise ConfigError(f"flow_idm_minutes must be 0 (off) or positive, got {self.flow_idm_minutes}")
         from rlir.training.distributed import PRECISIONS
@@ -133,7 +138,8 @@ def run_demo(cfg: DemoConfig, collect_config: str | None = None, progress: bool 
         codec_kind = "tokenizer" if paradigm == "ar" else "autoencoder"
 
         def do_codec(p=p, codec_kind=codec_kind):
-            c = load_config(TokenizerTrainConfig, f"configs/{codec_kind}/tiny.yaml", None, data=str(data),
+            preset = cfg.ar_codec if paradigm == "ar" else "configs/autoencoder/tiny.yaml"
+            c = load_config(TokenizerTrainConfig, preset, None, data=str(data),
                             out=str(p / "codec"), max_minutes=cfg.codec_minutes,
                             steps=_steps(cfg.codec_minutes, step_s["codec"]),
                             eval_every=max(1, _steps(cfg.codec_minutes, step_s["codec"]) // 3), precision=cfg.precision,

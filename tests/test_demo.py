@@ -26,6 +26,8 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path, capsys):
     (c,) = summary["paired"]                                        # + RLIR minus base, clip by clip
     assert c["n_clips"] == 2 and "minus_base" in c["judge_idm"]["f1_macro_shown"]
     assert "ar + RLIR minus ar base, paired over 2 clips" in out
+    codec = json.loads((run / "ar" / "codec" / "checkpoints" / "best" / "config.json").read_text())
+    assert codec["model"]["channels"] == [64, 128, 128, 128]       # the demo's 3x4 grid: 12 codes a frame
     html = (run / "report" / "report.html").read_text()
     assert "<table" in html and "data:image/gif;base64," in html
     assert main(["-q", "demo", "--smoke", "--run", str(run), *FAST]) == 0     # second run: all cached
@@ -43,3 +45,5 @@ def test_demo_presets_load_and_smoke_excludes_config(capsys):
     smoke.validate()
     assert main(["demo", "--smoke", "--config", "configs/demo/gain_2h.yaml"]) == 2
     assert "give one" in capsys.readouterr().err
+    assert main(["demo", "--set", "ar_codec=configs/tokenizer/nope.yaml"]) == 2
+    assert "ar_codec: no tokenizer config at 'configs/tokenizer/nope.yaml'" in capsys.readouterr().err
