@@ -16,7 +16,7 @@ mkdir -p $O
 POLICY=$D/ar/rlir/checkpoints/policy
 if [ "$NAME" != stage ]; then
   $R -q posttrain --world-model $D/ar/wm/checkpoints/best --idm $D/idm/checkpoints/best --judge $D/judge/checkpoints/best \
-    --data $D/data --out $O/rlir --config configs/posttrain/ar_tiny.yaml --set seed=0 --set steps=60 --set max_minutes=5 \
+    --data $D/data --out $O/rlir --config configs/posttrain/ar_tiny.yaml --set seed=0 --set steps=300 --set max_minutes=6 \
     --set eval_every=10 --set probe_clips=8 --set media_every=30 "$@"
   POLICY=$O/rlir/checkpoints/policy
 fi
