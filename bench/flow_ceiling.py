@@ -33,8 +33,7 @@ from rlir.data.store import EpisodeStore  # noqa: E402
 from rlir.eval.action_metrics import action_metrics  # noqa: E402
 from rlir.models.idm import optical_flow  # noqa: E402
 
-MOTION_GROUPS = ("fore_back", "left_right", "sprint_sneak", "jump")
-WINDOW = range(-3, 5)
+from idm_ceiling import MOTION_GROUPS, windowed  # noqa: E402  (the same groups and t-3..t+4 window)
 
 
 def flow_features(frames: np.ndarray, cells=(3, 4)) -> np.ndarray:
@@ -50,16 +49,6 @@ def flow_features(frames: np.ndarray, cells=(3, 4)) -> np.ndarray:
     dv_dx = np.gradient(f[..., 1], axis=2).mean((1, 2))
     du_dy = np.gradient(f[..., 0], axis=1).mean((1, 2))
     return np.concatenate([pooled, (du_dx + dv_dy)[:, None], (dv_dx - du_dy)[:, None]], axis=1)
-
-
-def windowed(f: np.ndarray) -> np.ndarray:
-    T = len(f)
-    cols = []
-    for k in WINDOW:
-        idx = np.clip(np.arange(T) + k, 0, T - 1)
-        valid = ((np.arange(T) + k >= 0) & (np.arange(T) + k < T)).astype(np.float64)[:, None]
-        cols += [f[idx] * valid, valid]
-    return np.concatenate(cols, axis=1)
 
 
 def main() -> None:
